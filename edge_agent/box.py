@@ -1,0 +1,77 @@
+"""Wiring: turns a Settings object into the box's open resources.
+
+This is the one place that decides how the database, the keystore and the
+queue are opened for a running box; the CLI, the daemon and the tests all
+come through here.
+"""
+
+from __future__ import annotations
+
+import getpass
+import logging
+import os
+import secrets
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import sqlite_utils
+
+from edge_agent.errors import KeystoreError
+from edge_agent.queue import JobQueue, RetryPolicy
+from edge_agent.settings import Settings
+from edge_agent.store import open_database
+from provisioning.keystore import FileKeystore, Keystore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Box:
+    settings: Settings
+    db: sqlite_utils.Database
+    keystore: Keystore
+    queue: JobQueue
+
+    def close(self) -> None:
+        self.db.conn.close()
+
+
+def retry_policy(settings: Settings) -> RetryPolicy:
+    return RetryPolicy(settings.queue_max_attempts, settings.queue_backoff_base_s, settings.queue_backoff_cap_s)
+
+
+def open_box(settings: Settings, *, interactive: bool | None = None) -> Box:
+    """Open the database and keystore under ``settings.home``, creating them on first start."""
+    settings.home.mkdir(parents=True, exist_ok=True)
+    db = open_database(settings.db_path, max_size_mb=settings.db_max_size_mb)
+    passphrase = resolve_passphrase(settings, sys.stdin.isatty() if interactive is None else interactive)
+    keystore = FileKeystore.open_or_create(settings.keystore_path, passphrase)
+    return Box(settings, db, keystore, JobQueue(db, retry_policy(settings)))
+
+
+def resolve_passphrase(settings: Settings, interactive: bool) -> str:
+    """Settings first, then a generated passphrase file (first start, if allowed), then a prompt at a terminal."""
+    if settings.keystore_passphrase:
+        return settings.keystore_passphrase
+    generated = settings.secrets_dir / "passphrase"
+    if generated.exists():
+        return generated.read_text(encoding="utf-8").strip()
+    if settings.keystore_generate_passphrase and not settings.keystore_path.exists():
+        _write_private(generated, secrets.token_urlsafe(32))
+        log.warning("Generated a keystore passphrase in %s (demo mode). On a clinic box, use a TPM or an operator passphrase.", generated)
+        return generated.read_text(encoding="utf-8").strip()
+    if interactive:
+        return getpass.getpass("Keystore passphrase: ")
+    raise KeystoreError(
+        "No keystore passphrase. Fix: set MAMMO_KEYSTORE_PASSPHRASE, or run at a terminal to be asked for it."
+    )
+
+
+def _write_private(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())

@@ -1,0 +1,78 @@
+"""The project's exceptions: one root, a small tree under it.
+
+Every error a person may read says what happened and how to recover.
+Library errors (sqlite3, pydicom, onnxruntime, flwr) are translated into
+one of these where they enter our code.
+
+    MammoError
+     ├── SettingsError          invalid or unreadable settings; names the field and the fix
+     ├── StoreError             the box database cannot be used
+     │    ├── DatabaseRefused   corrupt or foreign database file (never overwritten)
+     │    └── StorageFull       the disk or the database size limit is reached
+     ├── QueueError             misuse of the job queue
+     │    └── LeaseLost         a job's lease expired and another worker may own it
+     ├── KeystoreError          keystore missing, wrong passphrase, or tampered
+     ├── IntegrityError         sealed data failed authentication (tampered or corrupted)
+     ├── IngestError            DICOM ingest problems
+     │    ├── DicomRejected     a file that goes to quarantine, with a reason code
+     │    └── QuarantineNotFound  no quarantined file with that id (purged or mistyped)
+     └── ModelError             a model release cannot be loaded, verified or run
+"""
+
+from __future__ import annotations
+
+
+class MammoError(Exception):
+    """Root of every error this project raises on purpose."""
+
+
+class SettingsError(MammoError):
+    """Settings are invalid; the message names the field and how to fix it."""
+
+
+class StoreError(MammoError):
+    """The box database cannot be opened or written."""
+
+
+class DatabaseRefused(StoreError):
+    """The database file is corrupt or belongs to something else; it was left untouched."""
+
+
+class StorageFull(StoreError):
+    """No space left (disk full or the database's page limit reached); nothing was written."""
+
+
+class QueueError(MammoError):
+    """The job queue was used in a way it does not allow."""
+
+
+class LeaseLost(QueueError):
+    """The job's lease expired before ack; another worker may already hold it."""
+
+
+class KeystoreError(MammoError):
+    """The keystore cannot be opened: wrong passphrase, tampering, or a missing file."""
+
+
+class IntegrityError(MammoError):
+    """Encrypted data failed authentication: it was tampered with, corrupted, or sealed by another box."""
+
+
+class IngestError(MammoError):
+    """A DICOM object could not be ingested."""
+
+
+class DicomRejected(IngestError):
+    """A DICOM file is refused and quarantined; ``reason_code`` is stable and machine-readable."""
+
+    def __init__(self, reason_code: str, message: str) -> None:
+        super().__init__(message)
+        self.reason_code = reason_code
+
+
+class QuarantineNotFound(IngestError):
+    """No quarantined file has that id; it was purged, or the id is mistyped."""
+
+
+class ModelError(MammoError):
+    """A model release cannot be loaded, verified or run."""

@@ -1,0 +1,261 @@
+"""The durable job queue: named queues in the box database.
+
+Life of a job::
+
+    enqueue ──► ready ──claim──► leased ──ack──► done
+                  ▲                │  │
+                  └── fail (retry, ┘  └── fail after max_attempts ──► dead
+                      backoff)                                         │
+                  ▲                                                    │
+                  └──────────────────── requeue_dead ◄─────────────────┘
+
+A claim is a lease: if the worker dies, the lease expires and the job is
+claimed again (at-least-once execution).  A job *completes* only through
+``ack``, which checks the lease token in the same transaction that runs the
+job's own database effect (``within``), so a job never completes twice even
+when its worker is killed between doing the work and acknowledging it.
+
+Retry timing is the pure function :func:`retry_delay`; the queue only
+stores its result.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+import sqlite_utils
+
+from edge_agent.errors import LeaseLost
+from edge_agent.store import transaction
+
+Effect = Callable[[sqlite_utils.Database], None]
+
+# The queues the box uses; any name is allowed, these are documented.
+KNOWN_QUEUES = ("ingest", "infer", "report", "outbox", "notify", "train")
+
+PRIORITY_ROUTINE = 0
+PRIORITY_URGENT = 10
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how fast a failing job is retried."""
+
+    max_attempts: int = 5
+    backoff_base_s: float = 2.0
+    backoff_cap_s: float = 600.0
+
+
+def retry_delay(attempt: int, policy: RetryPolicy, rand: float) -> float:
+    """Seconds to wait after failed attempt ``attempt`` (1-based): exponential, capped, equal jitter.
+
+    Half the delay is fixed so a retry never fires at once; the other half is
+    spread by ``rand`` in [0, 1) so a fleet of boxes does not retry in step.
+    """
+    ceiling = min(policy.backoff_cap_s, policy.backoff_base_s * 2 ** max(0, attempt - 1))
+    return ceiling / 2 + rand * ceiling / 2
+
+
+@dataclass(frozen=True)
+class Job:
+    id: int
+    queue: str
+    payload: Mapping[str, Any]
+    key: str | None
+    priority: int
+    attempts: int
+    max_attempts: int
+    lease_token: str | None
+    created_at: float
+
+
+@dataclass(frozen=True)
+class EnqueueResult:
+    job_id: int
+    created: bool
+
+
+@dataclass(frozen=True)
+class DeadJob:
+    id: int
+    queue: str
+    key: str | None
+    attempts: int
+    last_error: str | None
+    updated_at: float
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    queue: str
+    ready: int
+    leased: int
+    done: int
+    dead: int
+    oldest_ready_age_s: float | None
+
+
+class JobQueue:
+    """Named, prioritised, leased queues over one SQLite database."""
+
+    def __init__(
+        self,
+        db: sqlite_utils.Database,
+        policy: RetryPolicy = RetryPolicy(),
+        *,
+        clock: Callable[[], float] = time.time,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self.db = db
+        self.policy = policy
+        self._clock = clock
+        self._rand = rand
+
+    def enqueue(
+        self,
+        queue: str,
+        payload: Mapping[str, Any],
+        *,
+        key: str | None = None,
+        priority: int = PRIORITY_ROUTINE,
+        max_attempts: int | None = None,
+        delay_s: float = 0.0,
+    ) -> EnqueueResult:
+        """Add a job; a job with the same ``key`` in the same queue is not added twice."""
+        now = self._clock()
+        body = json.dumps(payload, separators=(",", ":"), sort_keys=True)
+        with transaction(self.db) as db:
+            row = db.execute(
+                "INSERT INTO jobs (queue, key, payload, priority, state, max_attempts, available_at, created_at, updated_at)"
+                " VALUES (?, ?, ?, ?, 'ready', ?, ?, ?, ?)"
+                " ON CONFLICT (queue, key) WHERE key IS NOT NULL DO NOTHING RETURNING id",
+                [queue, key, body, priority, max_attempts or self.policy.max_attempts, now + delay_s, now, now],
+            ).fetchone()
+            if row is not None:
+                return EnqueueResult(row[0], True)
+            existing = db.execute("SELECT id FROM jobs WHERE queue = ? AND key = ?", [queue, key]).fetchone()
+            return EnqueueResult(existing[0], False)
+
+    def claim(self, queue: str, *, worker: str = "worker", lease_s: float = 60.0) -> Job | None:
+        """Lease the most urgent available job, or return None when there is none."""
+        while True:
+            now = self._clock()
+            token = secrets.token_hex(8)
+            with transaction(self.db) as db:
+                row = db.execute(
+                    "UPDATE jobs SET state = 'leased', lease_token = ?, leased_by = ?, lease_expires_at = ?,"
+                    " attempts = attempts + 1, updated_at = ?"
+                    " WHERE id = (SELECT id FROM jobs WHERE queue = ? AND state IN ('ready', 'leased')"
+                    "   AND (CASE state WHEN 'ready' THEN available_at ELSE lease_expires_at END) <= ?"
+                    "   ORDER BY priority DESC, available_at, id LIMIT 1)"
+                    " RETURNING id, queue, payload, key, priority, attempts, max_attempts, lease_token, created_at",
+                    [token, worker, now + lease_s, now, queue, now],
+                ).fetchone()
+                if row is None:
+                    return None
+                job = Job(row[0], row[1], json.loads(row[2]), row[3], row[4], row[5], row[6], row[7], row[8])
+                if job.attempts <= job.max_attempts:
+                    return job
+                # Its leases kept expiring: the worker dies on it every time. Stop retrying.
+                db.execute(
+                    "UPDATE jobs SET state = 'dead', lease_token = NULL, last_error = ?, updated_at = ? WHERE id = ?",
+                    [f"lease expired {job.max_attempts} times (worker crashed or hung on this job)", now, job.id],
+                )
+
+    def ack(self, job: Job, within: Effect | None = None) -> None:
+        """Complete the job; ``within`` runs in the same transaction, so its effect lands exactly once."""
+        with transaction(self.db) as db:
+            cur = db.execute(
+                "UPDATE jobs SET state = 'done', lease_token = NULL, done_at = ?, updated_at = ?"
+                " WHERE id = ? AND state = 'leased' AND lease_token = ?",
+                [self._clock(), self._clock(), job.id, job.lease_token],
+            )
+            if cur.rowcount != 1:
+                raise LeaseLost(f"Job {job.id} ({job.queue}) lost its lease before ack; another worker owns it now.")
+            if within is not None:
+                within(db)
+
+    def fail(self, job: Job, error: str) -> str:
+        """Record a failed attempt: retry later with backoff, or dead-letter. Returns the new state."""
+        now = self._clock()
+        dead = job.attempts >= job.max_attempts
+        state = "dead" if dead else "ready"
+        available = now if dead else now + retry_delay(job.attempts, self.policy, self._rand())
+        with transaction(self.db) as db:
+            cur = db.execute(
+                "UPDATE jobs SET state = ?, available_at = ?, lease_token = NULL, last_error = ?, updated_at = ?"
+                " WHERE id = ? AND state = 'leased' AND lease_token = ?",
+                [state, available, error[:4000], now, job.id, job.lease_token],
+            )
+            if cur.rowcount != 1:
+                raise LeaseLost(f"Job {job.id} ({job.queue}) lost its lease before fail.")
+        return state
+
+    def release(self, job: Job) -> None:
+        """Give the job back untouched (a clean shutdown); the attempt does not count."""
+        with transaction(self.db) as db:
+            db.execute(
+                "UPDATE jobs SET state = 'ready', attempts = attempts - 1, lease_token = NULL, available_at = ?, updated_at = ?"
+                " WHERE id = ? AND state = 'leased' AND lease_token = ?",
+                [self._clock(), self._clock(), job.id, job.lease_token],
+            )
+
+    def extend(self, job: Job, lease_s: float) -> None:
+        """Keep a long job's lease alive."""
+        with transaction(self.db) as db:
+            cur = db.execute(
+                "UPDATE jobs SET lease_expires_at = ?, updated_at = ? WHERE id = ? AND state = 'leased' AND lease_token = ?",
+                [self._clock() + lease_s, self._clock(), job.id, job.lease_token],
+            )
+            if cur.rowcount != 1:
+                raise LeaseLost(f"Job {job.id} ({job.queue}) lost its lease; cannot extend it.")
+
+    def dead_letters(self, queue: str | None = None, limit: int = 100) -> list[DeadJob]:
+        sql = "SELECT id, queue, key, attempts, last_error, updated_at FROM jobs WHERE state = 'dead'"
+        args: list[Any] = []
+        if queue:
+            sql += " AND queue = ?"
+            args.append(queue)
+        sql += " ORDER BY id LIMIT ?"
+        return [DeadJob(*r) for r in self.db.execute(sql, args + [limit]).fetchall()]
+
+    def requeue_dead(self, queue: str, job_ids: list[int] | None = None) -> int:
+        """Put dead-lettered jobs back in line with fresh attempts; returns how many."""
+        sql = "UPDATE jobs SET state = 'ready', attempts = 0, available_at = ?, updated_at = ? WHERE state = 'dead' AND queue = ?"
+        now = self._clock()
+        args: list[Any] = [now, now, queue]
+        if job_ids:
+            sql += f" AND id IN ({','.join('?' * len(job_ids))})"
+            args += list(job_ids)
+        with transaction(self.db) as db:
+            return db.execute(sql, args).rowcount
+
+    def purge_done(self, older_than_s: float) -> int:
+        """Drop completed jobs older than the horizon (their idempotency keys are freed too)."""
+        with transaction(self.db) as db:
+            return db.execute("DELETE FROM jobs WHERE state = 'done' AND done_at < ?", [self._clock() - older_than_s]).rowcount
+
+    def stats(self) -> dict[str, QueueStats]:
+        now = self._clock()
+        counts: dict[str, dict[str, int]] = {}
+        for q, state, n in self.db.execute("SELECT queue, state, count(*) FROM jobs GROUP BY queue, state").fetchall():
+            counts.setdefault(q, {})[state] = n
+        oldest = dict(
+            self.db.execute("SELECT queue, min(available_at) FROM jobs WHERE state = 'ready' GROUP BY queue").fetchall()
+        )
+        return {
+            q: QueueStats(
+                q, c.get("ready", 0), c.get("leased", 0), c.get("done", 0), c.get("dead", 0),
+                max(0.0, now - oldest[q]) if oldest.get(q) is not None else None,
+            )
+            for q, c in sorted(counts.items())
+        }
+
+    def get_state(self, job_id: int) -> str | None:
+        row = self.db.execute("SELECT state FROM jobs WHERE id = ?", [job_id]).fetchone()
+        return row[0] if row else None

@@ -1,0 +1,200 @@
+"""The box's one settings object.
+
+Loaded once at start-up from a TOML file plus ``MAMMO_*`` environment
+variables, then passed explicitly to whatever needs it; nothing reads the
+environment behind its back.  Precedence, lowest first: the defaults
+embedded here, ``$MAMMO_HOME/mammo.toml`` (or ``MAMMO_CONFIG``), then the
+environment.
+
+TOML sections map onto field-name prefixes, so ``[queue] lease_s = 30`` sets
+``queue_lease_s`` and so does ``MAMMO_QUEUE_LEASE_S=30``.  Every field carries
+its help text in ``metadata["help"]`` (a test checks that none is missing) and
+``mammo settings --json`` prints them all.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from edge_agent.errors import SettingsError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_HOME = REPO_ROOT / "var"
+ENV_PREFIX = "MAMMO_"
+SECTIONS = ("box", "keystore", "queue", "db", "log", "kiosk", "dicom", "ingest", "infer", "sync")
+
+
+def setting(default: Any, help: str, *, check: typing.Callable[[Any], bool] | None = None, fix: str = "", secret: bool = False) -> Any:
+    """Declare a documented field; ``check`` validates, ``fix`` tells a person what to write instead."""
+    return field(default=default, metadata={"help": help, "check": check, "fix": fix, "secret": secret})
+
+
+def _positive(v: Any) -> bool:
+    return v > 0
+
+
+def _port(v: int) -> bool:
+    return 0 <= v <= 65535
+
+
+@dataclass(frozen=True)
+class Settings:
+    # --- box ---------------------------------------------------------------
+    home: Path = setting(DEFAULT_HOME, "Data directory holding every piece of state (database, keystore, images, logs). Env MAMMO_HOME.")
+    box_name: str = setting("Demo Aile Sağlığı Merkezi", "Human name of this clinic box, shown in the kiosk and the console.")
+    box_city: str = setting("Kayseri", "City of the clinic, shown on referrals.")
+    # --- keystore ------------------------------------------------------------
+    keystore_passphrase: str | None = setting(
+        None,
+        "Passphrase that unlocks the keystore. If unset: asked at a terminal, otherwise generated once "
+        "into $MAMMO_HOME/secrets/passphrase when keystore_generate_passphrase is true.",
+        secret=True,
+    )
+    keystore_generate_passphrase: bool = setting(
+        True,
+        "Allow an unattended first start to generate a random passphrase file (0600). "
+        "Turn off on production boxes where the passphrase comes from a TPM or an operator.",
+    )
+    # --- queue -------------------------------------------------------------
+    queue_lease_s: float = setting(60.0, "Seconds a claimed job stays leased before another worker may take it.", check=_positive, fix="a number of seconds > 0")
+    queue_max_attempts: int = setting(5, "Attempts before a job is dead-lettered.", check=_positive, fix="an integer >= 1")
+    queue_backoff_base_s: float = setting(2.0, "First retry delay in seconds; doubles per attempt, with full jitter.", check=_positive, fix="a number of seconds > 0")
+    queue_backoff_cap_s: float = setting(600.0, "Upper bound of the retry delay in seconds.", check=_positive, fix="a number of seconds > 0")
+    # --- db -----------------------------------------------------------------
+    db_max_size_mb: int = setting(0, "Hard cap on the box database size in MiB (0 = only the disk limits it).", check=lambda v: v >= 0, fix="an integer >= 0")
+    # --- log ----------------------------------------------------------------
+    log_level: str = setting(
+        "INFO", "Log level of the box daemon.",
+        check=lambda v: v.upper() in {"DEBUG", "INFO", "WARNING", "ERROR"}, fix="one of DEBUG, INFO, WARNING, ERROR",
+    )
+    # --- kiosk --------------------------------------------------------------
+    kiosk_host: str = setting("127.0.0.1", "Address the family doctor's kiosk listens on.")
+    kiosk_port: int = setting(8080, "Port of the kiosk web UI.", check=_port, fix="a TCP port 0-65535")
+    # --- ingest (owned by edge_agent.ingest) ---------------------------------
+    dicom_ae_title: str = setting(
+        "MAMMO_EDGE", "AE title of the box's DICOM receiver (C-STORE/C-ECHO SCP); the modality sends to this title.",
+        check=lambda v: 0 < len(v.strip()) <= 16 and v.isascii() and "\\" not in v, fix="1-16 ASCII characters without backslash",
+    )
+    dicom_host: str = setting("0.0.0.0", "Address the DICOM receiver listens on (0.0.0.0 = every interface, so the modality can reach it).")
+    dicom_port: int = setting(11112, "TCP port of the DICOM receiver (11112 is the registered DICOM port).", check=_port, fix="a TCP port 0-65535")
+    dicom_require_called_ae: bool = setting(True, "Refuse associations whose Called AE Title is not dicom_ae_title (catches a mis-configured modality).")
+    ingest_drop_folder: Path | None = setting(None, "Folder watched for DICOM files (USB import, network share); empty means $MAMMO_HOME/drop. Files are deleted once safely stored or quarantined.")
+    ingest_drop_poll_s: float = setting(2.0, "Polling interval in seconds of the drop folder when file-system events are unavailable, and how long a file must stay unchanged before it is read.", check=_positive, fix="a number of seconds > 0")
+    ingest_max_file_bytes: int = setting(1_073_741_824, "Largest DICOM file accepted, in bytes; bigger files are quarantined unread.", check=_positive, fix="an integer number of bytes > 0")
+    ingest_max_pixels: int = setting(100_000_000, "Largest declared image (rows x columns x frames x samples) decoded; checked before any pixel is decoded.", check=_positive, fix="an integer > 0")
+    ingest_timeout_s: float = setting(60.0, "Time budget in seconds to parse, decode, fix and de-identify one file; slower files are quarantined.", check=_positive, fix="a number of seconds > 0")
+    ingest_max_depth: int = setting(16, "Deepest nesting of DICOM sequences accepted; deeper files are quarantined (guards against recursion bombs).", check=_positive, fix="an integer >= 1")
+    ingest_study_complete_timeout_s: float = setting(900.0, "A mammography study without all four screening views counts as complete once no image arrived for this many seconds.", check=_positive, fix="a number of seconds > 0")
+    ingest_date_shift_max_days: int = setting(3650, "Upper bound of the per-patient date shift (days into the past) applied when de-identifying; the shift is derived from a box secret so it is stable per patient.", check=_positive, fix="an integer >= 1")
+    ingest_quarantine_burned_in: bool = setting(True, "Quarantine images flagged BurnedInAnnotation=YES for a person to review instead of storing them.")
+    # --- end ingest -----------------------------------------------------------
+
+    # Derived paths: one place decides where things live under home.
+    @property
+    def db_path(self) -> Path:
+        return self.home / "box.sqlite3"
+
+    @property
+    def keystore_path(self) -> Path:
+        return self.home / "keystore.json"
+
+    @property
+    def secrets_dir(self) -> Path:
+        return self.home / "secrets"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.home / "logs"
+
+    @classmethod
+    def load(cls, config: Path | None = None, env: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
+        """Defaults < TOML < environment < explicit overrides; raises SettingsError naming the field."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        home = Path(env.get(ENV_PREFIX + "HOME", overrides.get("home", DEFAULT_HOME)))
+        config = config or (Path(env[ENV_PREFIX + "CONFIG"]) if ENV_PREFIX + "CONFIG" in env else home / "mammo.toml")
+        if config.exists():
+            values.update(_read_toml(config))
+        for f in dataclasses.fields(cls):
+            key = ENV_PREFIX + f.name.upper()
+            if key in env:
+                values[f.name] = env[key]
+        values.update(overrides)
+        values["home"] = values.get("home", home)
+        return cls.from_mapping(values, source=str(config))
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any], source: str = "settings") -> "Settings":
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise SettingsError(f"Unknown setting(s) {', '.join(unknown)} in {source}. Fix: remove them or check the spelling against `mammo settings`.")
+        kwargs = {name: _coerce(known[name], raw) for name, raw in values.items()}
+        return cls(**kwargs)
+
+    def public_dict(self) -> dict[str, Any]:
+        """All fields as JSON-friendly values, secrets masked."""
+        out = {}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            out[f.name] = "***" if f.metadata.get("secret") and v else (str(v) if isinstance(v, Path) else v)
+        return out
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise SettingsError(f"Cannot read settings file {path}: {exc}. Fix the TOML syntax or remove the file to use defaults.") from exc
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            if key not in SECTIONS:
+                raise SettingsError(f"Unknown section [{key}] in {path}. Fix: use one of {', '.join(SECTIONS)}.")
+            flat.update({f"{key}_{k}": v for k, v in value.items()})
+        else:
+            flat[key] = value
+    return flat
+
+
+def _base_type(f: dataclasses.Field) -> type:
+    hint = typing.get_type_hints(Settings)[f.name]
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    return hint
+
+
+def _coerce(f: dataclasses.Field, raw: Any) -> Any:
+    typ = _base_type(f)
+    env_name = ENV_PREFIX + f.name.upper()
+    where = f"Setting '{f.name}' (env {env_name})"
+    if raw is None:
+        if f.default is None:
+            return None
+        raise SettingsError(f"{where} may not be empty. Fix: give {f.metadata.get('fix') or 'a value'}.")
+    try:
+        if typ is bool and isinstance(raw, str):
+            if raw.lower() not in {"1", "0", "true", "false", "yes", "no", "on", "off"}:
+                raise ValueError(raw)
+            value: Any = raw.lower() in {"1", "true", "yes", "on"}
+        elif typ is bool:
+            if not isinstance(raw, bool):
+                raise ValueError(raw)
+            value = raw
+        elif typ is Path:
+            value = Path(raw).expanduser()
+        else:
+            value = typ(raw)
+    except (TypeError, ValueError):
+        raise SettingsError(f"{where} must be of type {typ.__name__}, got {raw!r}. Fix: give {f.metadata.get('fix') or typ.__name__}.") from None
+    check = f.metadata.get("check")
+    if check is not None and not check(value):
+        raise SettingsError(f"{where} has invalid value {raw!r}. Fix: give {f.metadata['fix']}.")
+    return value

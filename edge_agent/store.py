@@ -1,0 +1,155 @@
+"""The box database: the only place that opens SQLite.
+
+One file under ``MAMMO_HOME`` holds queues and records.  It runs in WAL mode
+with ``synchronous=FULL`` so a committed transaction survives a power cut.
+A file that is not ours (another application's database, or bytes that are
+not SQLite at all) is refused before anything is written to it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import time
+from pathlib import Path
+from typing import Iterator
+
+import sqlite_utils
+
+from edge_agent.errors import DatabaseRefused, StorageFull, StoreError
+from edge_agent.schema import MIGRATIONS
+
+APPLICATION_ID = 0x4D414D4D  # "MAMM"
+SQLITE_MAGIC = b"SQLite format 3\x00"
+BUSY_TIMEOUT_MS = 10_000
+
+
+def open_database(path: Path | str, *, max_size_mb: int = 0, migrate: bool = True) -> sqlite_utils.Database:
+    """Open (or create) the box database, refusing anything that is not ours."""
+    path = Path(path) if path != ":memory:" else path
+    if isinstance(path, Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _refuse_non_sqlite(path)
+    try:
+        conn = sqlite3.connect(str(path), isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
+    except sqlite3.Error as exc:
+        raise StoreError(f"Cannot open database {path}: {exc}. Check the path and its permissions.") from exc
+    try:
+        _check_ownership(conn, path)
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = FULL")
+        conn.execute("PRAGMA foreign_keys = ON")
+        if max_size_mb:
+            page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+            conn.execute(f"PRAGMA max_page_count = {max(1, max_size_mb * 1024 * 1024 // page_size)}")
+        db = sqlite_utils.Database(conn)
+        if migrate:
+            apply_migrations(db)
+        return db
+    except BaseException:
+        conn.close()
+        raise
+
+
+def _refuse_non_sqlite(path: Path) -> None:
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    with path.open("rb") as fh:
+        head = fh.read(len(SQLITE_MAGIC))
+    if head != SQLITE_MAGIC:
+        raise DatabaseRefused(
+            f"{path} is not an SQLite database (corrupt or a different file). It was left untouched. "
+            "Fix: move it aside and restore from backup, or point MAMMO_HOME at another directory."
+        )
+
+
+def _check_ownership(conn: sqlite3.Connection, path: object) -> None:
+    try:
+        app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+        tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+        if app_id == 0 and tables == 0:
+            conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+            return
+        if app_id != APPLICATION_ID:
+            raise DatabaseRefused(
+                f"{path} belongs to another application (application_id {app_id:#x}, {tables} schema objects). "
+                "It was left untouched. Fix: point MAMMO_HOME at this box's own data directory."
+            )
+        check = conn.execute("PRAGMA quick_check").fetchone()[0]
+    except sqlite3.DatabaseError as exc:
+        raise DatabaseRefused(f"{path} is corrupt ({exc}). It was left untouched. Fix: restore it from backup.") from exc
+    if check != "ok":
+        raise DatabaseRefused(f"{path} failed its integrity check ({check}). It was left untouched. Fix: restore it from backup.")
+
+
+def apply_migrations(db: sqlite_utils.Database) -> list[tuple[str, int]]:
+    """Apply every pending component migration, each in its own transaction."""
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations ("
+        " component TEXT NOT NULL, version INTEGER NOT NULL, applied_at REAL NOT NULL,"
+        " PRIMARY KEY (component, version))"
+    )
+    done = {(r[0], r[1]) for r in db.execute("SELECT component, version FROM schema_migrations").fetchall()}
+    applied = []
+    for component, scripts in MIGRATIONS.items():
+        for version, script in enumerate(scripts, start=1):
+            if (component, version) in done:
+                continue
+            with transaction(db):
+                for statement in _statements(script):
+                    db.execute(statement)
+                db.execute("INSERT INTO schema_migrations VALUES (?, ?, ?)", [component, version, time.time()])
+            applied.append((component, version))
+    return applied
+
+
+def _statements(script: str) -> list[str]:
+    """Split a migration script on statement boundaries (executescript would commit implicitly)."""
+    out, buf = [], ""
+    for line in script.splitlines(keepends=True):
+        buf += line
+        if sqlite3.complete_statement(buf):
+            if buf.strip():
+                out.append(buf.strip())
+            buf = ""
+    if buf.strip():
+        out.append(buf.strip())
+    return out
+
+
+@contextlib.contextmanager
+def transaction(db: sqlite_utils.Database, *, immediate: bool = True) -> Iterator[sqlite_utils.Database]:
+    """One write transaction; translates SQLite's full-disk errors into StorageFull."""
+    conn = db.conn
+    try:
+        conn.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
+    except sqlite3.OperationalError as exc:
+        raise translate(exc) from exc
+    try:
+        yield db
+        conn.execute("COMMIT")
+    except BaseException as exc:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        if isinstance(exc, sqlite3.Error):
+            raise translate(exc) from exc
+        raise
+
+
+def translate(exc: sqlite3.Error) -> Exception:
+    """Our error for a SQLite error, with what to do about it."""
+    text = str(exc)
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code == sqlite3.SQLITE_FULL or "database or disk is full" in text:
+        return StorageFull(
+            "The box database cannot grow (disk full or size limit reached); nothing was written. "
+            "Fix: free disk space (purge old exports, `mammo quarantine purge`) or raise db_max_size_mb."
+        )
+    if isinstance(exc, sqlite3.OperationalError) and "locked" in text:
+        return StoreError(f"The box database stayed locked: {text}. Another process holds a long transaction; retry shortly.")
+    return StoreError(f"Database error: {text}")
+
+
+def integrity_ok(db: sqlite_utils.Database) -> bool:
+    return db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"

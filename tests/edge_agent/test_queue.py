@@ -1,0 +1,150 @@
+from pathlib import Path
+
+import pytest
+
+from edge_agent.errors import LeaseLost
+from edge_agent.queue import PRIORITY_URGENT, JobQueue, RetryPolicy, retry_delay
+from edge_agent.store import open_database
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture(params=["memory", "file"])
+def db(request, tmp_path: Path):
+    d = open_database(":memory:" if request.param == "memory" else tmp_path / "q.sqlite3")
+    yield d
+    d.conn.close()
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def q(db, clock) -> JobQueue:
+    return JobQueue(db, RetryPolicy(max_attempts=3, backoff_base_s=2, backoff_cap_s=10), clock=clock, rand=lambda: 0.5)
+
+
+def test_resent_item_is_not_queued_twice(q):
+    first = q.enqueue("ingest", {"sop": "1.2.3"}, key="1.2.3")
+    again = q.enqueue("ingest", {"sop": "1.2.3"}, key="1.2.3")
+    assert first.created and not again.created and again.job_id == first.job_id
+    assert q.stats()["ingest"].ready == 1
+    # The same key in another queue is a different job.
+    assert q.enqueue("infer", {"sop": "1.2.3"}, key="1.2.3").created
+
+
+def test_urgent_study_goes_first_then_arrival_order(q):
+    a = q.enqueue("infer", {"n": "a"}).job_id
+    b = q.enqueue("infer", {"n": "b"}).job_id
+    urgent = q.enqueue("infer", {"n": "u"}, priority=PRIORITY_URGENT).job_id
+    order = [q.claim("infer").id for _ in range(3)]
+    assert order == [urgent, a, b]
+    assert q.claim("infer") is None
+
+
+def test_queues_are_separate(q):
+    q.enqueue("report", {"x": 1})
+    assert q.claim("infer") is None
+    assert q.claim("report").payload == {"x": 1}
+
+
+def test_expired_lease_is_claimed_again_and_late_ack_is_refused(q, clock):
+    q.enqueue("infer", {"s": 1})
+    first = q.claim("infer", worker="w1", lease_s=30)
+    assert q.claim("infer", worker="w2") is None  # still leased
+    clock.now += 31
+    second = q.claim("infer", worker="w2", lease_s=30)
+    assert second.id == first.id and second.attempts == 2
+    with pytest.raises(LeaseLost):
+        q.ack(first)
+    q.ack(second)
+    assert q.get_state(first.id) == "done"
+
+
+def test_ack_effect_is_atomic_with_completion(q, db):
+    db.execute("CREATE TABLE results (job_id INTEGER)")
+    q.enqueue("infer", {"s": 1})
+    job = q.claim("infer")
+
+    def broken_effect(d):
+        d.execute("INSERT INTO results VALUES (?)", [job.id])
+        raise RuntimeError("disk hiccup")
+
+    with pytest.raises(RuntimeError):
+        q.ack(job, within=broken_effect)
+    assert db.execute("SELECT count(*) FROM results").fetchone()[0] == 0
+    assert q.get_state(job.id) == "leased"  # not completed, will be retried
+    q.ack(job, within=lambda d: d.execute("INSERT INTO results VALUES (?)", [job.id]))
+    assert db.execute("SELECT count(*) FROM results").fetchone()[0] == 1
+
+
+def test_retry_backoff_then_dead_letter_with_last_error_then_requeue(q, clock):
+    jid = q.enqueue("outbox", {"u": 1}).job_id
+    job = q.claim("outbox")
+    assert q.fail(job, "coordinator unreachable") == "ready"
+    assert q.claim("outbox") is None  # backing off: 2 s * 2^0, half fixed + half jitter(0.5) = 1.5 s
+    clock.now += 1.6
+    job = q.claim("outbox")
+    assert job.attempts == 2
+    q.fail(job, "timeout")
+    clock.now += 3.1
+    job = q.claim("outbox")
+    assert q.fail(job, "TLS handshake failed") == "dead"
+    dead = q.dead_letters("outbox")
+    assert [(d.id, d.attempts, d.last_error) for d in dead] == [(jid, 3, "TLS handshake failed")]
+    assert q.stats()["outbox"].dead == 1
+    assert q.requeue_dead("outbox") == 1
+    job = q.claim("outbox")
+    assert job.id == jid and job.attempts == 1
+
+
+def test_job_whose_worker_keeps_dying_is_dead_lettered(q, clock):
+    jid = q.enqueue("infer", {"poison": True}).job_id
+    for _ in range(3):
+        assert q.claim("infer", lease_s=5) is not None
+        clock.now += 6  # the worker died: the lease just expires
+    assert q.claim("infer") is None
+    assert q.get_state(jid) == "dead"
+    assert "lease expired" in q.dead_letters()[0].last_error
+
+
+def test_release_does_not_spend_an_attempt(q):
+    q.enqueue("infer", {})
+    job = q.claim("infer")
+    q.release(job)
+    again = q.claim("infer")
+    assert again.attempts == 1
+
+
+def test_extend_keeps_a_long_job_leased(q, clock):
+    q.enqueue("infer", {})
+    job = q.claim("infer", lease_s=10)
+    clock.now += 8
+    q.extend(job, 10)
+    clock.now += 8
+    assert q.claim("infer") is None
+    q.ack(job)
+
+
+def test_retry_delay_is_exponential_capped_and_jittered():
+    p = RetryPolicy(backoff_base_s=2, backoff_cap_s=60)
+    assert [retry_delay(n, p, 0.0) for n in (1, 2, 3, 4)] == [1, 2, 4, 8]
+    assert [retry_delay(n, p, 1.0) for n in (1, 2, 3)] == [2, 4, 8]
+    assert retry_delay(20, p, 0.99) <= 60
+    assert retry_delay(20, p, 0.0) == 30
+
+
+def test_stats_report_oldest_waiting_age(q, clock):
+    q.enqueue("notify", {})
+    clock.now += 42
+    s = q.stats()["notify"]
+    assert (s.ready, s.leased, s.done, s.dead) == (1, 0, 0, 0)
+    assert s.oldest_ready_age_s == pytest.approx(42)
