@@ -16,7 +16,13 @@ one of these where they enter our code.
      ├── IngestError            DICOM ingest problems
      │    ├── DicomRejected     a file that goes to quarantine, with a reason code
      │    └── QuarantineNotFound  no quarantined file with that id (purged or mistyped)
-     └── ModelError             a model release cannot be loaded, verified or run
+     ├── ModelError             a model release cannot be loaded, verified or run
+     └── KioskError             the family doctor's kiosk refused a request
+          ├── AuthError         sign-in failed, the session expired, or the account is locked
+          ├── CsrfError         a form arrived without its anti-forgery token, or with a forged one
+          ├── PermissionDenied  the signed-in role may not do this
+          ├── NotFound          no study, view or user with that id
+          └── UploadRejected    an uploaded file was refused before ingest (size, name, not DICOM)
 """
 
 from __future__ import annotations
@@ -76,3 +82,43 @@ class QuarantineNotFound(IngestError):
 
 class ModelError(MammoError):
     """A model release cannot be loaded, verified or run."""
+
+
+class KioskError(MammoError):
+    """The kiosk refused a request; ``message_key`` names the Turkish/English text shown to the person."""
+
+    status_code = 400
+
+    def __init__(self, message_key: str, detail: str = "") -> None:
+        super().__init__(detail or message_key)
+        self.message_key = message_key
+
+
+class AuthError(KioskError):
+    """Wrong user name or password, an expired session, or a locked account: sign in again."""
+
+    status_code = 401
+
+
+class CsrfError(KioskError):
+    """A form without a valid anti-forgery token: reload the page and send it again."""
+
+    status_code = 403
+
+
+class PermissionDenied(KioskError):
+    """The signed-in role may not do this; ask an admin for the right role."""
+
+    status_code = 403
+
+
+class NotFound(KioskError):
+    """No study, view or user has that id (mistyped, or never on this box)."""
+
+    status_code = 404
+
+
+class UploadRejected(KioskError):
+    """An uploaded file or request was refused before reaching ingest; nothing was stored."""
+
+    status_code = 413

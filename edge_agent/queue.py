@@ -127,58 +127,84 @@ class JobQueue:
         delay_s: float = 0.0,
     ) -> EnqueueResult:
         """Add a job; a job with the same ``key`` in the same queue is not added twice."""
+        with transaction(self.db) as db:
+            return self.enqueue_tx(db, queue, payload, key=key, priority=priority, max_attempts=max_attempts, delay_s=delay_s)
+
+    def enqueue_tx(
+        self,
+        db: sqlite_utils.Database,
+        queue: str,
+        payload: Mapping[str, Any],
+        *,
+        key: str | None = None,
+        priority: int = PRIORITY_ROUTINE,
+        max_attempts: int | None = None,
+        delay_s: float = 0.0,
+    ) -> EnqueueResult:
+        """:meth:`enqueue` inside a transaction the caller holds (e.g. an ack effect queuing the next step)."""
         now = self._clock()
         body = json.dumps(payload, separators=(",", ":"), sort_keys=True)
-        with transaction(self.db) as db:
-            row = db.execute(
-                "INSERT INTO jobs (queue, key, payload, priority, state, max_attempts, available_at, created_at, updated_at)"
-                " VALUES (?, ?, ?, ?, 'ready', ?, ?, ?, ?)"
-                " ON CONFLICT (queue, key) WHERE key IS NOT NULL DO NOTHING RETURNING id",
-                [queue, key, body, priority, max_attempts or self.policy.max_attempts, now + delay_s, now, now],
-            ).fetchone()
-            if row is not None:
-                return EnqueueResult(row[0], True)
-            existing = db.execute("SELECT id FROM jobs WHERE queue = ? AND key = ?", [queue, key]).fetchone()
-            return EnqueueResult(existing[0], False)
+        row = db.execute(
+            "INSERT INTO jobs (queue, key, payload, priority, state, max_attempts, available_at, created_at, updated_at)"
+            " VALUES (?, ?, ?, ?, 'ready', ?, ?, ?, ?)"
+            " ON CONFLICT (queue, key) WHERE key IS NOT NULL DO NOTHING RETURNING id",
+            [queue, key, body, priority, max_attempts or self.policy.max_attempts, now + delay_s, now, now],
+        ).fetchone()
+        if row is not None:
+            return EnqueueResult(row[0], True)
+        existing = db.execute("SELECT id FROM jobs WHERE queue = ? AND key = ?", [queue, key]).fetchone()
+        return EnqueueResult(existing[0], False)
 
     def claim(self, queue: str, *, worker: str = "worker", lease_s: float = 60.0) -> Job | None:
         """Lease the most urgent available job, or return None when there is none."""
+        with transaction(self.db) as db:
+            return self._claim_tx(db, queue, worker, lease_s)
+
+    def _claim_tx(self, db: sqlite_utils.Database, queue: str, worker: str, lease_s: float) -> Job | None:
         while True:
             now = self._clock()
-            token = secrets.token_hex(8)
-            with transaction(self.db) as db:
-                row = db.execute(
-                    "UPDATE jobs SET state = 'leased', lease_token = ?, leased_by = ?, lease_expires_at = ?,"
-                    " attempts = attempts + 1, updated_at = ?"
-                    " WHERE id = (SELECT id FROM jobs WHERE queue = ? AND state IN ('ready', 'leased')"
-                    "   AND (CASE state WHEN 'ready' THEN available_at ELSE lease_expires_at END) <= ?"
-                    "   ORDER BY priority DESC, available_at, id LIMIT 1)"
-                    " RETURNING id, queue, payload, key, priority, attempts, max_attempts, lease_token, created_at",
-                    [token, worker, now + lease_s, now, queue, now],
-                ).fetchone()
-                if row is None:
-                    return None
-                job = Job(row[0], row[1], json.loads(row[2]), row[3], row[4], row[5], row[6], row[7], row[8])
-                if job.attempts <= job.max_attempts:
-                    return job
-                # Its leases kept expiring: the worker dies on it every time. Stop retrying.
-                db.execute(
-                    "UPDATE jobs SET state = 'dead', lease_token = NULL, last_error = ?, updated_at = ? WHERE id = ?",
-                    [f"lease expired {job.max_attempts} times (worker crashed or hung on this job)", now, job.id],
-                )
+            row = db.execute(
+                "UPDATE jobs SET state = 'leased', lease_token = ?, leased_by = ?, lease_expires_at = ?,"
+                " attempts = attempts + 1, updated_at = ?"
+                " WHERE id = (SELECT id FROM jobs WHERE queue = ? AND state IN ('ready', 'leased')"
+                "   AND (CASE state WHEN 'ready' THEN available_at ELSE lease_expires_at END) <= ?"
+                "   ORDER BY priority DESC, available_at, id LIMIT 1)"
+                " RETURNING id, queue, payload, key, priority, attempts, max_attempts, lease_token, created_at",
+                [secrets.token_hex(8), worker, now + lease_s, now, queue, now],
+            ).fetchone()
+            if row is None:
+                return None
+            job = Job(row[0], row[1], json.loads(row[2]), row[3], row[4], row[5], row[6], row[7], row[8])
+            if job.attempts <= job.max_attempts:
+                return job
+            # Its leases kept expiring: the worker dies on it every time. Stop retrying.
+            db.execute(
+                "UPDATE jobs SET state = 'dead', lease_token = NULL, last_error = ?, updated_at = ? WHERE id = ?",
+                [f"lease expired {job.max_attempts} times (worker crashed or hung on this job)", now, job.id],
+            )
 
     def ack(self, job: Job, within: Effect | None = None) -> None:
         """Complete the job; ``within`` runs in the same transaction, so its effect lands exactly once."""
         with transaction(self.db) as db:
-            cur = db.execute(
-                "UPDATE jobs SET state = 'done', lease_token = NULL, done_at = ?, updated_at = ?"
-                " WHERE id = ? AND state = 'leased' AND lease_token = ?",
-                [self._clock(), self._clock(), job.id, job.lease_token],
-            )
-            if cur.rowcount != 1:
-                raise LeaseLost(f"Job {job.id} ({job.queue}) lost its lease before ack; another worker owns it now.")
-            if within is not None:
-                within(db)
+            self._ack_tx(db, job, within)
+
+    def ack_and_claim(self, job: Job, within: Effect | None = None, *, worker: str = "worker", lease_s: float = 60.0) -> Job | None:
+        """Complete ``job`` and lease the next one in a single commit (one fsync instead of two per job)."""
+        with transaction(self.db) as db:
+            self._ack_tx(db, job, within)
+            return self._claim_tx(db, job.queue, worker, lease_s)
+
+    def _ack_tx(self, db: sqlite_utils.Database, job: Job, within: Effect | None) -> None:
+        now = self._clock()
+        cur = db.execute(
+            "UPDATE jobs SET state = 'done', lease_token = NULL, done_at = ?, updated_at = ?"
+            " WHERE id = ? AND state = 'leased' AND lease_token = ?",
+            [now, now, job.id, job.lease_token],
+        )
+        if cur.rowcount != 1:
+            raise LeaseLost(f"Job {job.id} ({job.queue}) lost its lease before ack; another worker owns it now.")
+        if within is not None:
+            within(db)
 
     def fail(self, job: Job, error: str) -> str:
         """Record a failed attempt: retry later with backoff, or dead-letter. Returns the new state."""

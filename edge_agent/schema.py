@@ -89,7 +89,111 @@ INGEST = [
     """,
 ]
 
+INFER = [
+    # 1: triage results per study and per view, and the model activation history (owned by edge_agent.inference).
+    """
+    CREATE TABLE infer_results (
+        study_uid TEXT PRIMARY KEY,
+        status TEXT NOT NULL CHECK (status IN ('done', 'incomplete', 'failed')),
+        triage TEXT,
+        study_score REAL,
+        breast_scores TEXT NOT NULL,
+        reasons TEXT NOT NULL,
+        model_version TEXT NOT NULL,
+        profile TEXT NOT NULL,
+        backend TEXT NOT NULL,
+        elapsed_ms REAL NOT NULL,
+        created_at REAL NOT NULL
+    );
+    CREATE INDEX infer_results_created ON infer_results (created_at);
+    CREATE TABLE infer_views (
+        study_uid TEXT NOT NULL,
+        sop_uid TEXT NOT NULL,
+        view TEXT NOT NULL,
+        laterality TEXT NOT NULL,
+        p_abnormal REAL NOT NULL,
+        p_malignant REAL NOT NULL,
+        peak_x INTEGER NOT NULL,
+        peak_y INTEGER NOT NULL,
+        heatmap_digest TEXT NOT NULL,
+        PRIMARY KEY (study_uid, sop_uid)
+    );
+    CREATE TABLE model_activations (
+        id INTEGER PRIMARY KEY,
+        version TEXT NOT NULL,
+        path TEXT NOT NULL,
+        manifest_sha256 TEXT NOT NULL,
+        activated_at REAL NOT NULL,
+        activated_by TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        selftest TEXT NOT NULL
+    );
+    CREATE TABLE infer_runtime (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        profile TEXT NOT NULL,
+        backend TEXT NOT NULL,
+        model_version TEXT NOT NULL,
+        fallback_reason TEXT,
+        updated_at REAL NOT NULL
+    );
+    """,
+]
+
+KIOSK = [
+    # 1: kiosk accounts, server-side sessions, the audit trail and clinician feedback (owned by kiosk_ui).
+    #    kiosk_feedback rows are the labelled examples that local training reads.
+    """
+    CREATE TABLE kiosk_users (
+        id INTEGER PRIMARY KEY,
+        username TEXT NOT NULL UNIQUE COLLATE NOCASE,
+        full_name TEXT NOT NULL,
+        role TEXT NOT NULL CHECK (role IN ('doctor', 'technician', 'radiologist', 'admin')),
+        password_hash TEXT NOT NULL,
+        failed_count INTEGER NOT NULL DEFAULT 0,
+        locked_until REAL,
+        active INTEGER NOT NULL DEFAULT 1,
+        created_at REAL NOT NULL,
+        last_login_at REAL
+    );
+    CREATE TABLE kiosk_sessions (
+        token_hash TEXT PRIMARY KEY,
+        user_id INTEGER NOT NULL REFERENCES kiosk_users (id),
+        csrf_token TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        last_seen REAL NOT NULL
+    );
+    CREATE INDEX kiosk_sessions_user ON kiosk_sessions (user_id);
+    CREATE TABLE kiosk_audit (
+        id INTEGER PRIMARY KEY,
+        at REAL NOT NULL,
+        username TEXT NOT NULL,
+        action TEXT NOT NULL,
+        study_uid TEXT,
+        detail TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX kiosk_audit_study ON kiosk_audit (study_uid, at);
+    CREATE TABLE kiosk_feedback (
+        id INTEGER PRIMARY KEY,
+        study_uid TEXT NOT NULL,
+        username TEXT NOT NULL,
+        role TEXT NOT NULL,
+        agrees INTEGER NOT NULL,
+        birads INTEGER NOT NULL CHECK (birads BETWEEN 0 AND 6),
+        density TEXT NOT NULL CHECK (density IN ('A', 'B', 'C', 'D')),
+        notes TEXT NOT NULL DEFAULT '',
+        model_version TEXT,
+        triage TEXT,
+        created_at REAL NOT NULL
+    );
+    CREATE INDEX kiosk_feedback_study ON kiosk_feedback (study_uid, created_at);
+    CREATE INDEX ingest_studies_first_seen ON ingest_studies (first_seen);
+    CREATE INDEX infer_results_triage ON infer_results (triage);
+    """,
+]
+
 MIGRATIONS: dict[str, list[str]] = {
     "queue": QUEUE,
     "ingest": INGEST,
+    "infer": INFER,
+    "kiosk": KIOSK,
 }

@@ -77,6 +77,22 @@ class Settings:
     # --- kiosk --------------------------------------------------------------
     kiosk_host: str = setting("127.0.0.1", "Address the family doctor's kiosk listens on.")
     kiosk_port: int = setting(8080, "Port of the kiosk web UI.", check=_port, fix="a TCP port 0-65535")
+    kiosk_language: str = setting("tr", "Default language of the kiosk (tr or en); each user may switch in the page header.", check=lambda v: v in {"tr", "en"}, fix="tr or en")
+    kiosk_idle_timeout_s: float = setting(900.0, "Seconds of inactivity after which a kiosk user is signed out (the page also returns to sign-in by itself).", check=_positive, fix="a number of seconds > 0")
+    kiosk_lockout_failures: int = setting(5, "Consecutive wrong passwords after which a kiosk account is locked.", check=_positive, fix="an integer >= 1")
+    kiosk_lockout_s: float = setting(900.0, "Seconds a locked kiosk account stays locked (an admin can unlock it earlier with `mammo user unlock`).", check=_positive, fix="a number of seconds > 0")
+    kiosk_upload_max_bytes: int = setting(512 * 1024 * 1024, "Largest USB upload (all files of one request together) the kiosk accepts, in bytes.", check=_positive, fix="an integer number of bytes > 0")
+    kiosk_upload_max_files: int = setting(200, "Most files accepted in one kiosk upload.", check=_positive, fix="an integer >= 1")
+    kiosk_worklist_days: int = setting(30, "How many days back the worklist reaches by default (search and the 'all' filter reach further).", check=_positive, fix="an integer >= 1")
+    kiosk_worklist_limit: int = setting(200, "Most rows the worklist shows at once (the newest, priority first).", check=_positive, fix="an integer >= 1")
+    kiosk_online_probe: str = setting("", "host:port probed (TCP, 1 s timeout, every 30 s) to show online/offline in the status bar; empty means the box shows offline until sync is configured.")
+    kiosk_tls_certfile: Path | None = setting(None, "TLS certificate (PEM) for the kiosk; with kiosk_tls_keyfile it serves HTTPS and marks session cookies Secure.")
+    kiosk_tls_keyfile: Path | None = setting(None, "TLS private key (PEM) matching kiosk_tls_certfile.")
+    # --- infer ----------------------------------------------------------------
+    infer_profile: str | None = setting(None, "Force a hardware profile by name (see `mammo hw detect`); unset = chosen from what the machine offers. A forced profile that cannot run falls back to cpu-small, visibly.")
+    infer_tflite_delegate: str | None = setting(None, "Path of a TFLite external delegate library (an NPU's) to use before searching the usual library folders.")
+    infer_model_signing_key: Path | None = setting(None, "PEM public key of the coordinator's model-signing key. When set, a model release must carry a valid manifest.sig to be activated.")
+    infer_selftest_tolerance: float = setting(0.08, "Largest difference in probability between a release's bundled self-test expectations and this box's run; above it, activation is refused.", check=_positive, fix="a probability difference > 0, e.g. 0.08")
     # --- ingest (owned by edge_agent.ingest) ---------------------------------
     dicom_ae_title: str = setting(
         "MAMMO_EDGE", "AE title of the box's DICOM receiver (C-STORE/C-ECHO SCP); the modality sends to this title.",
@@ -93,10 +109,15 @@ class Settings:
     ingest_max_depth: int = setting(16, "Deepest nesting of DICOM sequences accepted; deeper files are quarantined (guards against recursion bombs).", check=_positive, fix="an integer >= 1")
     ingest_study_complete_timeout_s: float = setting(900.0, "A mammography study without all four screening views counts as complete once no image arrived for this many seconds.", check=_positive, fix="a number of seconds > 0")
     ingest_date_shift_max_days: int = setting(3650, "Upper bound of the per-patient date shift (days into the past) applied when de-identifying; the shift is derived from a box secret so it is stable per patient.", check=_positive, fix="an integer >= 1")
-    ingest_quarantine_burned_in: bool = setting(True, "Quarantine images flagged BurnedInAnnotation=YES for a person to review instead of storing them.")
+    ingest_quarantine_burned_in: bool = setting(True, "Quarantine for a person's review images flagged BurnedInAnnotation=YES, and images not flagged NO in which a line of text is detected in the pixels.")
     # --- end ingest -----------------------------------------------------------
 
     # Derived paths: one place decides where things live under home.
+    @property
+    def models_dir(self) -> Path:
+        """Model releases received from the coordinator (shipped ones stay in models/release)."""
+        return self.home / "models"
+
     @property
     def db_path(self) -> Path:
         return self.home / "box.sqlite3"

@@ -18,6 +18,10 @@ def register(sub: argparse._SubParsersAction, bench_sub: argparse._SubParsersAct
     p.add_argument("--profile", default=None, help="force a profile (falls back to cpu-small if unmet)")
     add_json_flag(p)
     p.set_defaults(handler=cmd_detect)
+    p = hw_sub.add_parser("bench", help="the same images through every profile this machine can load: latency and agreement")
+    p.add_argument("--images", type=int, default=12)
+    add_json_flag(p)
+    p.set_defaults(handler=cmd_bench)
 
 
 def detect_report(forced: str | None = None) -> dict:
@@ -44,4 +48,17 @@ def cmd_detect(args: argparse.Namespace) -> int:
         *(f"  {r['profile']:24s} {r['why']}" for r in report["reasons"]),
     ]
     emit(args, report, "\n".join(lines))
+    return EXIT_OK
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from edge_agent.inference.bench import hw_bench
+
+    result = hw_bench(n_images=args.images)
+    text = "\n".join(
+        f"{name:24s} {r['status']:10s} median {r.get('median_ms', '-')} ms  max prob diff vs reference {r.get('max_prob_diff_vs_reference', '-')}"
+        + (f"  ({r['reason']})" if r.get("reason") else "")
+        for name, r in result["profiles"].items()
+    )
+    emit(args, result, text)
     return EXIT_OK

@@ -148,3 +148,36 @@ def test_stats_report_oldest_waiting_age(q, clock):
     s = q.stats()["notify"]
     assert (s.ready, s.leased, s.done, s.dead) == (1, 0, 0, 0)
     assert s.oldest_ready_age_s == pytest.approx(42)
+
+
+def test_ack_and_claim_completes_one_and_leases_the_next_atomically(q, db):
+    db.execute("CREATE TABLE results (job_id INTEGER)")
+    first = q.enqueue("infer", {"n": 1}).job_id
+    second = q.enqueue("infer", {"n": 2}).job_id
+    job = q.claim("infer")
+    nxt = q.ack_and_claim(job, within=lambda d: d.execute("INSERT INTO results VALUES (?)", [job.id]))
+    assert (q.get_state(first), nxt.id, q.get_state(second)) == ("done", second, "leased")
+    with pytest.raises(LeaseLost):  # acking twice is refused and claims nothing
+        q.ack_and_claim(job)
+    assert q.ack_and_claim(nxt) is None
+    assert [r[0] for r in db.execute("SELECT job_id FROM results")] == [first]
+
+
+def test_worker_drains_the_queue_and_stores_each_result_once(db):
+    from edge_agent.worker import Worker
+
+    db.execute("CREATE TABLE results (job_id INTEGER)")
+    q = JobQueue(db)
+    for i in range(7):
+        q.enqueue("infer", {"n": i})
+    q.enqueue("infer", {"n": "poison"}, max_attempts=1)
+
+    def handler(job):
+        if job.payload["n"] == "poison":
+            raise ValueError("cannot decode this study")
+        return lambda d: d.execute("INSERT INTO results VALUES (?)", [job.id])
+
+    counters = Worker(q, "infer", handler).run(drain=True)
+    assert (counters.done, counters.failed) == (7, 1)
+    assert db.execute("SELECT count(DISTINCT job_id), count(*) FROM results").fetchone() == (7, 7)
+    assert q.dead_letters("infer")[0].last_error == "ValueError: cannot decode this study"
