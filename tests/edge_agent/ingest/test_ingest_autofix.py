@@ -1,0 +1,123 @@
+"""Auto-fix rules: each repair happens, is stable, and is recorded for the technician."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydicom.data import get_testdata_file
+from pydicom.dataset import Dataset
+
+from edge_agent.ingest import autofix, mg
+from edge_agent.ingest.reader import ReadLimits, read, valid_uid
+
+
+def _mg(lat: str = "L", view: str = "CC") -> Dataset:
+    return mg.mammogram(mg.fallback_pixels(0, lat, 64), patient=mg.TURKISH_PATIENTS[0], laterality=lat, view=view)
+
+
+def _codes(fixes) -> set[str]:
+    return {f.code for f in fixes}
+
+
+def test_missing_and_invalid_uids_get_stable_replacements():
+    a, b = _mg(), _mg()
+    for ds in (a, b):
+        del ds.SOPInstanceUID
+        with pytest.warns(UserWarning, match="Invalid value for VR UI"):
+            ds.SeriesInstanceUID = "1.2.03.x"  # as a broken modality would send it
+    fa = autofix.fix_uids(a, "digest-1")
+    assert autofix.fix_uids(b, "digest-1") == fa
+    assert _codes(fa) == {"uid_missing", "uid_invalid"}
+    assert valid_uid(a.SOPInstanceUID) and valid_uid(a.SeriesInstanceUID)
+    assert (a.SOPInstanceUID, a.SeriesInstanceUID) == (b.SOPInstanceUID, b.SeriesInstanceUID)  # a re-send maps the same
+
+
+def test_mg_modality_with_wrong_sop_class_becomes_mammography():
+    ds = _mg()
+    ds.SOPClassUID = autofix.SECONDARY_CAPTURE
+    fixes = autofix.fix_sop_class(ds)
+    assert ds.SOPClassUID == autofix.MG_FOR_PRESENTATION and _codes(fixes) == {"sop_class_mg"}
+    ds.PresentationIntentType = "FOR PROCESSING"
+    del ds.SOPClassUID
+    del ds.file_meta.MediaStorageSOPClassUID
+    autofix.fix_sop_class(ds)
+    assert ds.SOPClassUID == autofix.MG_FOR_PROCESSING
+
+
+def test_missing_photometric_interpretation_is_set_from_samples():
+    ds = _mg()
+    del ds.PhotometricInterpretation
+    assert _codes(autofix.fix_photometric(ds)) == {"photometric_missing"}
+    assert ds.PhotometricInterpretation == "MONOCHROME2"
+
+
+def test_monochrome1_is_inverted_to_monochrome2():
+    ds = _mg()
+    ds.PhotometricInterpretation = "MONOCHROME1"
+    pixels = ds.pixel_array.copy()
+    new, fixes = autofix.fix_monochrome1(ds, pixels)
+    assert _codes(fixes) == {"monochrome1_inverted"}
+    assert ds.PhotometricInterpretation == "MONOCHROME2"
+    assert np.array_equal(new.astype(int), 255 - pixels.astype(int))
+    assert np.array_equal(ds.pixel_array, new)
+
+
+def test_monochrome1_radiograph_from_pydicom_data_is_inverted():
+    path = get_testdata_file("RG3_J2KR.dcm", download=False) or get_testdata_file("MR_small.dcm", download=False)
+    decoded = read(Path(path).read_bytes(), ReadLimits())
+    if decoded.ds.PhotometricInterpretation != "MONOCHROME1":
+        return
+    _, fixes = autofix.fix_monochrome1(decoded.ds, decoded.pixels)
+    assert decoded.ds.PhotometricInterpretation == "MONOCHROME2" and fixes
+
+
+def test_laterality_and_view_from_series_description():
+    ds = _mg("R", "MLO")
+    del ds.ImageLaterality, ds.ViewPosition, ds.ViewCodeSequence
+    ds.SeriesDescription = "RMLO"
+    fixes = autofix.fix_mammo_view(ds, None)
+    assert (ds.ImageLaterality, ds.ViewPosition) == ("R", "MLO")
+    assert _codes(fixes) == {"laterality_inferred", "view_inferred"}
+
+
+def test_view_from_view_code_sequence():
+    ds = _mg("L", "MLO")
+    del ds.ViewPosition, ds.SeriesDescription
+    autofix.fix_mammo_view(ds, None)
+    assert ds.ViewPosition == "MLO"
+
+
+def test_laterality_from_the_image_side():
+    for side in ("L", "R"):
+        ds = _mg(side)
+        del ds.ImageLaterality, ds.SeriesDescription
+        fixes = autofix.fix_mammo_view(ds, ds.pixel_array)
+        assert ds.ImageLaterality == side
+        assert "from the image" in next(f.message for f in fixes if f.code == "laterality_inferred")
+
+
+def test_synthetic_generator_pixels_give_the_right_side():
+    for side in ("L", "R"):
+        assert autofix.side_from_pixels(mg.synthetic_pixels(7, side, 128))[0] == side
+
+
+def test_undecidable_view_is_reported_not_guessed():
+    ds = _mg()
+    del ds.ViewPosition, ds.ViewCodeSequence, ds.SeriesDescription
+    assert "view_unknown" in _codes(autofix.fix_mammo_view(ds, None))
+    assert "ViewPosition" not in ds
+
+
+def test_many_repeated_fixes_collapse_to_one_line():
+    fixes = [autofix.Fix("vr_un_resolved", "x", str(i)) for i in range(40)]
+    out = autofix.summarise(fixes)
+    assert len(out) == 1 and out[0].message.startswith("40 elements")
+
+
+def test_invalid_number_of_frames_is_recomputed():
+    path = get_testdata_file("badVR.dcm", download=False)
+    decoded = read(Path(path).read_bytes(), ReadLimits())
+    assert "frames_invalid" in _codes(decoded.fixes)
+    assert int(decoded.ds.NumberOfFrames) * 400 == len(decoded.ds.PixelData)

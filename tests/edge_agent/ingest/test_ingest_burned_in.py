@@ -1,0 +1,46 @@
+"""Burned-in text detection: a written name is found; breast tissue and laterality markers are not text."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw, ImageFont
+
+from edge_agent.ingest import mg
+from edge_agent.ingest.burned_in import suspect_text, text_line_length
+
+MIAS = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "mias"
+
+
+def _write(pixels: np.ndarray, text: str) -> np.ndarray:
+    img = Image.fromarray(pixels)
+    size = img.size[0]
+    ImageDraw.Draw(img).text((size * 0.55, size * 0.05), text, fill=255, font=ImageFont.load_default(size=max(11, size // 40)))
+    return np.asarray(img)
+
+
+@pytest.mark.parametrize("size", [256, 512, 2048])
+def test_a_written_name_is_found_at_any_resolution(size):
+    clean = mg.synthetic_pixels(3, "L", size)
+    assert not suspect_text(clean)
+    assert suspect_text(_write(clean, "CELIK AYSE 38291047562"))
+
+
+def test_a_laterality_marker_is_not_enough():
+    assert not suspect_text(_write(mg.synthetic_pixels(4, "L", 512), "L MLO"))
+
+
+def test_sixteen_bit_images_are_handled():
+    pixels = mg.synthetic_pixels(5, "R", 512).astype(np.uint16) * 16
+    assert text_line_length(pixels) == 0
+
+
+@pytest.mark.shared_data
+def test_mini_mias_films_are_not_flagged():
+    if not (MIAS / "images").is_dir():
+        pytest.skip(f"mini-MIAS not found at {MIAS} (shared data beside the checkout)")
+    for path in sorted((MIAS / "images").glob("mdb*.png"))[:40]:
+        with Image.open(path) as im:
+            assert not suspect_text(np.asarray(im.convert("L"))), path.name
