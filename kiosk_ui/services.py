@@ -1,0 +1,426 @@
+"""The kiosk's typed view of the box: every query and write the pages need, in one place.
+
+Pages get frozen records (:mod:`kiosk_ui.records`); nothing here knows
+about HTTP. The kiosk opens its own connection to the box database so its
+transactions never interleave with another service's on a shared
+connection (SQLite WAL lets them run side by side).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import socket
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import replace
+from typing import Callable, Iterable, Sequence
+
+import sqlite_utils
+
+from edge_agent.errors import AuthError, KioskError, NotFound, StoreError
+from edge_agent.ingest.image_store import ImageStore
+from edge_agent.ingest.service import IngestService
+from edge_agent.queue import JobQueue
+from edge_agent.settings import Settings
+from edge_agent.store import open_database, transaction
+from kiosk_ui import auth, imaging, uploads
+from kiosk_ui.i18n import search_fold
+from kiosk_ui.records import (
+    DENSITIES, STATUSES, TRIAGES, AuditEntry, FeedbackEntry, FeedbackInput, Identity, Session, StatusBar, StudyView,
+    UploadOutcome, User, ViewResult, WorklistQuery, WorklistRow, study_status,
+)
+
+log = logging.getLogger(__name__)
+
+# The status of a study, in SQL, mirroring records.study_status.
+_STATUS_SQL = """CASE
+    WHEN r.status IS NOT NULL THEN r.status
+    WHEN s.state = 'open' THEN 'receiving'
+    WHEN j.state = 'leased' THEN 'analysing'
+    WHEN j.state = 'dead' THEN 'failed'
+    ELSE 'waiting' END"""
+_REVIEW = ("priority_radiologist_review", "radiologist_review")  # worklist ranks 0 and 1; everything else is rank 2
+
+
+class OnlineProbe:
+    """Online means: a TCP connection to ``target`` (host:port) opened within a second at the last probe."""
+
+    def __init__(self, target: str, period_s: float = 30.0) -> None:
+        self.target = target.strip()
+        self.period_s = period_s
+        self.online = False
+
+    def probe_once(self) -> bool:
+        if not self.target or ":" not in self.target:
+            self.online = False
+            return False
+        host, _, port = self.target.rpartition(":")
+        try:
+            with socket.create_connection((host, int(port)), timeout=1.0):
+                self.online = True
+        except (OSError, ValueError):
+            self.online = False
+        return self.online
+
+    def run(self, stop: threading.Event) -> None:
+        while True:
+            self.probe_once()
+            if stop.wait(self.period_s):
+                return
+
+
+class _Lru:
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._d: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key, make: Callable[[], object]):
+        with self._lock:
+            if key in self._d:
+                self._d.move_to_end(key)
+                return self._d[key]
+        value = make()
+        with self._lock:
+            self._d[key] = value
+            while len(self._d) > self.size:
+                self._d.popitem(last=False)
+        return value
+
+
+class KioskServices:
+    def __init__(self, settings: Settings, db: sqlite_utils.Database, ingest: IngestService, *,
+                 probe: OnlineProbe | None = None, clock: Callable[[], float] = time.time,
+                 passwords: auth.Passwords | None = None) -> None:
+        self.settings = settings
+        self.db = db
+        self.ingest = ingest
+        self.images: ImageStore = ingest.store
+        self.probe = probe or OnlineProbe(settings.kiosk_online_probe)
+        self.clock = clock
+        self.passwords = passwords or auth.Passwords()
+        self.policy = auth.LockoutPolicy(settings.kiosk_lockout_failures, settings.kiosk_lockout_s)
+        self._identities: dict[str, Identity] = {}
+        self._png = _Lru(256)
+
+    @classmethod
+    def from_box(cls, box, **kw) -> "KioskServices":
+        db = open_database(box.settings.db_path, max_size_mb=box.settings.db_max_size_mb)
+        queue = JobQueue(db, box.queue.policy)
+        ingest = IngestService(db=db, keystore=box.keystore, queue=queue, settings=box.settings)
+        return cls(box.settings, db, ingest, **kw)
+
+    def close(self) -> None:
+        self.db.conn.close()
+
+    # -- accounts -------------------------------------------------------------------------------
+    def user_count(self) -> int:
+        return self.db.execute("SELECT count(*) FROM kiosk_users WHERE active = 1").fetchone()[0]
+
+    def add_user(self, username: str, password: str, role: str, full_name: str = "", *, by: str = "system") -> User:
+        username = username.strip()
+        if role not in auth.ROLES:
+            raise KioskError("error.bad_role", f"Unknown role {role!r}; use one of {', '.join(auth.ROLES)}.")
+        if not username or len(username) > 64 or any(c.isspace() for c in username):
+            raise KioskError("error.bad_username", "A user name is 1-64 characters without spaces.")
+        problem = auth.password_problem(password)
+        if problem:
+            raise KioskError("error.weak_password", problem)
+        digest = self.passwords.hash(password)
+        with transaction(self.db) as db:
+            if db.execute("SELECT 1 FROM kiosk_users WHERE username = ?", [username]).fetchone():
+                raise KioskError("error.user_exists", f"User {username!r} already exists; choose another name or use `mammo user passwd`.")
+            cur = db.execute("INSERT INTO kiosk_users (username, full_name, role, password_hash, created_at) VALUES (?, ?, ?, ?, ?)",
+                             [username, full_name or username, role, digest, self.clock()])
+            self._audit(db, by, "user_add", None, f"{username} ({role})")
+        return User(cur.lastrowid, username, full_name or username, role)
+
+    def set_password(self, username: str, password: str) -> None:
+        problem = auth.password_problem(password)
+        if problem:
+            raise KioskError("error.weak_password", problem)
+        digest = self.passwords.hash(password)
+        with transaction(self.db) as db:
+            n = db.execute("UPDATE kiosk_users SET password_hash = ?, failed_count = 0, locked_until = NULL WHERE username = ?",
+                           [digest, username]).rowcount
+            if not n:
+                raise NotFound("error.user_unknown", f"No user {username!r}.")
+            db.execute("DELETE FROM kiosk_sessions WHERE user_id = (SELECT id FROM kiosk_users WHERE username = ?)", [username])
+            self._audit(db, "system", "user_passwd", None, username)
+
+    def unlock(self, username: str, *, by: str = "system") -> None:
+        with transaction(self.db) as db:
+            if not db.execute("UPDATE kiosk_users SET failed_count = 0, locked_until = NULL WHERE username = ?", [username]).rowcount:
+                raise NotFound("error.user_unknown", f"No user {username!r}.")
+            self._audit(db, by, "user_unlock", None, username)
+
+    def users(self) -> list[tuple[User, bool]]:
+        now = self.clock()
+        return [(User(r[0], r[1], r[2], r[3]), auth.is_locked(r[4], now)) for r in self.db.execute(
+            "SELECT id, username, full_name, role, locked_until FROM kiosk_users WHERE active = 1 ORDER BY username").fetchall()]
+
+    def sign_in(self, username: str, password: str) -> tuple[str, Session]:
+        """A new session token for good credentials; raises AuthError (wrong credentials or locked), counting the failure."""
+        now = self.clock()
+        row = self.db.execute("SELECT id, username, full_name, role, password_hash, failed_count, locked_until FROM kiosk_users"
+                              " WHERE username = ? AND active = 1", [username.strip()]).fetchone()
+        if row is not None and auth.is_locked(row[6], now):
+            with transaction(self.db) as db:
+                self._audit(db, row[1], "login_locked", None, "")
+            raise AuthError("auth.locked", f"Account {row[1]} is locked.")
+        if row is None or not self.passwords.verify(row[4] if row else None, password):
+            with transaction(self.db) as db:
+                if row is not None:
+                    failed, locked_until = auth.after_failure(row[5], now, self.policy)
+                    db.execute("UPDATE kiosk_users SET failed_count = ?, locked_until = ? WHERE id = ?", [failed, locked_until, row[0]])
+                    if locked_until:
+                        self._audit(db, row[1], "account_locked", None, f"{self.policy.max_failures} failures")
+                self._audit(db, (username or "")[:64], "login_failed", None, "")
+            if row is not None and locked_until:
+                raise AuthError("auth.locked_now", "Too many wrong passwords; the account is now locked.")
+            raise AuthError("auth.wrong", "Wrong user name or password.")
+        token, csrf = auth.new_token(), auth.new_token()
+        user = User(row[0], row[1], row[2], row[3])
+        with transaction(self.db) as db:
+            db.execute("UPDATE kiosk_users SET failed_count = 0, locked_until = NULL, last_login_at = ? WHERE id = ?", [now, user.id])
+            db.execute("INSERT INTO kiosk_sessions (token_hash, user_id, csrf_token, created_at, last_seen) VALUES (?, ?, ?, ?, ?)",
+                       [auth.token_hash(token), user.id, csrf, now, now])
+            self._audit(db, user.username, "login", None, "")
+        return token, Session(user, csrf, auth.token_hash(token), now)
+
+    def session(self, token: str | None, *, touch: bool = True) -> Session:
+        """The live session behind a cookie; raises AuthError when missing or expired.
+
+        ``touch`` resets the inactivity clock: a person did something. Background polling passes False so an
+        unattended screen still signs itself out.
+        """
+        if not token:
+            raise AuthError("auth.required", "Not signed in.")
+        th = auth.token_hash(token)
+        row = self.db.execute(
+            "SELECT u.id, u.username, u.full_name, u.role, s.csrf_token, s.last_seen FROM kiosk_sessions s"
+            " JOIN kiosk_users u ON u.id = s.user_id WHERE s.token_hash = ? AND u.active = 1", [th]).fetchone()
+        if row is None:
+            raise AuthError("auth.expired", "Session unknown or ended.")
+        now = self.clock()
+        if auth.is_expired(row[5], now, self.settings.kiosk_idle_timeout_s):
+            with transaction(self.db) as db:
+                db.execute("DELETE FROM kiosk_sessions WHERE token_hash = ?", [th])
+                self._audit(db, row[1], "session_expired", None, "")
+            raise AuthError("auth.expired", "Session expired after inactivity.")
+        if touch and now - row[5] > 15:  # one write per quarter minute is plenty for an inactivity clock
+            with transaction(self.db) as db:
+                db.execute("UPDATE kiosk_sessions SET last_seen = ? WHERE token_hash = ?", [now, th])
+        return Session(User(row[0], row[1], row[2], row[3]), row[4], th, now)
+
+    def sign_out(self, session: Session) -> None:
+        with transaction(self.db) as db:
+            db.execute("DELETE FROM kiosk_sessions WHERE token_hash = ?", [session.token_hash])
+            self._audit(db, session.user.username, "logout", None, "")
+
+    # -- audit ----------------------------------------------------------------------------------
+    def _audit(self, db: sqlite_utils.Database, username: str, action: str, study_uid: str | None, detail: str) -> None:
+        db.execute("INSERT INTO kiosk_audit (at, username, action, study_uid, detail) VALUES (?, ?, ?, ?, ?)",
+                   [self.clock(), username, action, study_uid, detail])
+
+    def audit(self, username: str, action: str, study_uid: str | None = None, detail: str = "") -> None:
+        with transaction(self.db) as db:
+            self._audit(db, username, action, study_uid, detail)
+
+    def audit_trail(self, study_uid: str | None = None, limit: int = 200) -> list[AuditEntry]:
+        sql = "SELECT at, username, action, study_uid, detail FROM kiosk_audit"
+        params: list = []
+        if study_uid:
+            sql += " WHERE study_uid = ?"
+            params.append(study_uid)
+        rows = self.db.execute(sql + " ORDER BY id DESC LIMIT ?", [*params, limit]).fetchall()
+        return [AuditEntry(*r) for r in rows]
+
+    # -- patients -------------------------------------------------------------------------------
+    def identity(self, pseudonym: str) -> Identity:
+        hit = self._identities.get(pseudonym)
+        if hit is not None:
+            return hit
+        try:
+            plain = self.ingest.identity_of(pseudonym)
+        except Exception:  # a damaged map entry must not hide the study; the doctor sees the pseudonym instead
+            log.exception("re-identification failed for a pseudonym")
+            plain = None
+        ident = Identity(str(plain.get("name") or ""), str(plain.get("patient_id") or ""), str(plain.get("birth_date") or "")) if plain else Identity.unknown()
+        self._identities[pseudonym] = ident
+        return ident
+
+    # -- worklist -------------------------------------------------------------------------------
+    def worklist(self, query: WorklistQuery = WorklistQuery()) -> list[WorklistRow]:
+        """Priority review first, then review, then the rest; newest first within each; at most kiosk_worklist_limit rows.
+
+        One query per rank, each walking an index in arrival order, so the page costs what it shows rather than
+        what the database holds (a single ORDER BY over a computed rank sorts every study in the window).
+        """
+        days = self.settings.kiosk_worklist_days if query.days is None else query.days
+        if query.q.strip() and query.days is None:
+            days = 0  # a search looks everywhere
+        where, params = [], []
+        if days:
+            where.append("s.first_seen >= ?")
+            params.append(self.clock() - days * 86400)
+        if query.status in STATUSES:
+            where.append(f"({_STATUS_SQL}) = ?")
+            params.append(query.status)
+        needle = search_fold(query.q.strip().replace("^", " "))
+        limit = self.settings.kiosk_worklist_limit
+        ranks = [("r.triage = ?", [t]) for t in _REVIEW] + [(f"(r.triage IS NULL OR r.triage NOT IN ({','.join('?' * len(_REVIEW))}))", list(_REVIEW))]
+        if query.triage in TRIAGES:
+            ranks = [("r.triage = ?", [query.triage])]
+        out: list[WorklistRow] = []
+        for rank_sql, rank_params in ranks:
+            if len(out) >= limit:
+                break
+            sql = (f"SELECT s.study_uid, s.pseudonym, s.first_seen, {_STATUS_SQL}, r.triage, r.study_score"
+                   " FROM ingest_studies s LEFT JOIN infer_results r ON r.study_uid = s.study_uid"
+                   " LEFT JOIN jobs j ON j.id = s.infer_job_id WHERE " + " AND ".join([rank_sql, *where])
+                   + " ORDER BY s.first_seen DESC")
+            args = [*rank_params, *params]
+            if not needle:
+                sql += " LIMIT ?"
+                args.append(limit - len(out))
+            for r in self.db.execute(sql, args):
+                ident = self.identity(r[1])
+                if needle and not _matches(needle, ident, r[0], r[1]):
+                    continue
+                out.append(WorklistRow(r[0], r[1], ident, r[2], r[3], r[4], r[5], 0))
+                if len(out) >= limit:
+                    break
+        counts = dict(self.db.execute(
+            f"SELECT study_uid, count(*) FROM ingest_instances WHERE study_uid IN ({','.join('?' * len(out))}) GROUP BY study_uid",
+            [row.study_uid for row in out]).fetchall()) if out else {}
+        return [replace(row, image_count=counts.get(row.study_uid, 0)) for row in out]
+
+    # -- one study ------------------------------------------------------------------------------
+    def study(self, study_uid: str) -> StudyView:
+        row = self.db.execute(
+            "SELECT s.study_uid, s.pseudonym, s.first_seen, s.state, j.state, r.status, r.triage, r.study_score, r.breast_scores,"
+            " r.reasons, r.model_version, r.profile FROM ingest_studies s LEFT JOIN infer_results r ON r.study_uid = s.study_uid"
+            " LEFT JOIN jobs j ON j.id = s.infer_job_id WHERE s.study_uid = ?", [study_uid]).fetchone()
+        if row is None:
+            raise NotFound("error.study_unknown", f"No study {study_uid[:40]!r} on this box.")
+        results = {r[0]: r[1:] for r in self.db.execute(
+            "SELECT sop_uid, p_abnormal, p_malignant, heatmap_digest FROM infer_views WHERE study_uid = ?", [study_uid])}
+        views = []
+        for sop, lat, view in self.db.execute(
+                "SELECT sop_uid, laterality, view FROM ingest_instances WHERE study_uid = ? ORDER BY"
+                " CASE view WHEN 'CC' THEN 0 WHEN 'MLO' THEN 1 ELSE 2 END, CASE laterality WHEN 'R' THEN 0 ELSE 1 END, received_at",
+                [study_uid]):
+            res = results.get(sop)
+            views.append(ViewResult(sop, lat, view, res[0] if res else None, res[1] if res else None, bool(res and res[2])))
+        return StudyView(
+            study_uid=row[0], pseudonym=row[1], identity=self.identity(row[1]), arrived_at=row[2],
+            status=study_status(row[3], row[4], row[5]), triage=row[6], study_score=row[7],
+            breast_scores=_json(row[8], {}), reasons=tuple(str(x) for x in _json(row[9], [])),
+            model_version=row[10], profile=row[11], views=tuple(views), feedback=tuple(self.feedback_of(study_uid)),
+        )
+
+    def study_state(self, study_uid: str) -> str:
+        """Just the status word, for the page that waits for a result."""
+        row = self.db.execute(
+            f"SELECT {_STATUS_SQL} FROM ingest_studies s LEFT JOIN infer_results r ON r.study_uid = s.study_uid"
+            " LEFT JOIN jobs j ON j.id = s.infer_job_id WHERE s.study_uid = ?", [study_uid]).fetchone()
+        if row is None:
+            raise NotFound("error.study_unknown", "No such study.")
+        return row[0]
+
+    def view_png(self, study_uid: str, sop_uid: str, max_side: int = 768) -> bytes:
+        digest = self._instance_digest(study_uid, sop_uid)
+        return self._png.get(("v", digest, max_side), lambda: imaging.view_png(self.images.get(digest), max_side))
+
+    def heatmap_png(self, study_uid: str, sop_uid: str, max_side: int = 768) -> bytes:
+        self._instance_digest(study_uid, sop_uid)
+        row = self.db.execute("SELECT heatmap_digest FROM infer_views WHERE study_uid = ? AND sop_uid = ?", [study_uid, sop_uid]).fetchone()
+        if row is None:
+            raise NotFound("error.heatmap_unknown", "No heatmap for this view (not analysed yet).")
+        return self._png.get(("h", row[0], max_side), lambda: imaging.heatmap_overlay_png(self.images.get(row[0]), max_side))
+
+    def composite_png(self, study_uid: str, sop_uid: str, max_side: int = 512) -> bytes:
+        """The view with its heatmap laid over (for the referral)."""
+        base = self.view_png(study_uid, sop_uid, max_side)
+        try:
+            heat = self.heatmap_png(study_uid, sop_uid, max_side)
+        except NotFound:
+            return base
+        return imaging.composite(base, heat)
+
+    def _instance_digest(self, study_uid: str, sop_uid: str) -> str:
+        row = self.db.execute("SELECT digest FROM ingest_instances WHERE study_uid = ? AND sop_uid = ?", [study_uid, sop_uid]).fetchone()
+        if row is None:
+            raise NotFound("error.view_unknown", "No such image in this study.")
+        return row[0]
+
+    # -- feedback -------------------------------------------------------------------------------
+    def feedback_of(self, study_uid: str) -> Iterable[FeedbackEntry]:
+        for r in self.db.execute("SELECT username, role, agrees, birads, density, notes, created_at FROM kiosk_feedback"
+                                 " WHERE study_uid = ? ORDER BY id", [study_uid]):
+            yield FeedbackEntry(r[0], r[1], bool(r[2]), r[3], r[4], r[5], r[6])
+
+    def record_feedback(self, user: User, study_uid: str, fb: FeedbackInput) -> None:
+        if fb.birads not in range(7) or fb.density not in DENSITIES or len(fb.notes) > 2000:
+            raise KioskError("error.feedback_invalid", "BI-RADS 0-6, density A-D, notes up to 2000 characters.")
+        with transaction(self.db) as db:
+            res = db.execute("SELECT s.study_uid, r.model_version, r.triage FROM ingest_studies s LEFT JOIN infer_results r"
+                             " ON r.study_uid = s.study_uid WHERE s.study_uid = ?", [study_uid]).fetchone()
+            if res is None:
+                raise NotFound("error.study_unknown", "No such study.")
+            db.execute("INSERT INTO kiosk_feedback (study_uid, username, role, agrees, birads, density, notes, model_version, triage, created_at)"
+                       " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                       [study_uid, user.username, user.role, int(fb.agrees), fb.birads, fb.density, fb.notes, res[1], res[2], self.clock()])
+            self._audit(db, user.username, "feedback", study_uid,
+                        f"{'confirmed' if fb.agrees else 'corrected'} BI-RADS {fb.birads} density {fb.density}")
+
+    # -- upload ---------------------------------------------------------------------------------
+    def upload(self, user: User, files: Sequence[tuple[str, bytes]]) -> list[UploadOutcome]:
+        outcomes = [uploads.ingest_one(self.ingest, name, data, self.settings.ingest_max_file_bytes) for name, data in files]
+        stored = sum(1 for o in outcomes if o.ok)
+        studies = sorted({o.study_uid for o in outcomes if o.study_uid})
+        with transaction(self.db) as db:
+            for uid in studies or [None]:
+                self._audit(db, user.username, "upload", uid, f"{stored}/{len(outcomes)} file(s) stored")
+        return outcomes
+
+    # -- status bar -----------------------------------------------------------------------------
+    def status_bar(self) -> StatusBar:
+        waiting = self.db.execute("SELECT count(*) FROM jobs WHERE queue = 'outbox' AND state IN ('ready', 'leased')").fetchone()[0]
+        rt = self.db.execute("SELECT model_version, profile FROM infer_runtime WHERE id = 1").fetchone()
+        try:
+            free = shutil.disk_usage(self.settings.home).free
+        except OSError:
+            free = 0
+        return StatusBar(self.probe.online, waiting, self._last_sync(), rt[0] if rt else None, rt[1] if rt else None, free)
+
+    def _last_sync(self) -> float | None:
+        # The sync package records completed rounds in sync_rounds once it exists; until then there is none.
+        if not self.db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'sync_rounds'").fetchone():
+            return None
+        try:
+            row = self.db.execute("SELECT max(finished_at) FROM sync_rounds WHERE ok = 1").fetchone()
+        except Exception:
+            return None
+        return row[0] if row else None
+
+
+def _matches(needle: str, ident: Identity, study_uid: str, pseudonym: str) -> bool:
+    hay = " ".join([search_fold(ident.name.replace("^", " ")), ident.patient_id, search_fold(pseudonym), study_uid])
+    return all(part in hay for part in needle.split())
+
+
+def _json(text: str | None, default):
+    if not text:
+        return default
+    try:
+        return json.loads(text)
+    except ValueError:
+        return default
+
+
+__all__ = ["KioskServices", "OnlineProbe", "StoreError"]

@@ -1,0 +1,111 @@
+"""Pure parts of the kiosk: catalogs, Turkish casing, upload name checks, status and lockout rules."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from kiosk_ui import auth
+from kiosk_ui.i18n import LANGUAGES, catalog, person_name, search_fold, tr_lower, tr_title, tr_upper
+from kiosk_ui.records import STATUSES, TRIAGES, study_status
+from kiosk_ui.uploads import looks_like_dicom, safe_label
+
+PKG = Path(__file__).resolve().parents[2] / "kiosk_ui"
+
+
+def _keys(lang: str) -> set[str]:
+    return set(json.loads((PKG / "i18n" / f"{lang}.json").read_text(encoding="utf-8")))
+
+
+def test_every_key_exists_in_every_language():
+    tr, en = _keys("tr"), _keys("en")
+    assert tr == en, f"only in tr: {sorted(tr - en)}; only in en: {sorted(en - tr)}"
+    for lang in LANGUAGES:
+        assert all(v.strip() for v in json.loads((PKG / "i18n" / f"{lang}.json").read_text(encoding="utf-8")).values())
+
+
+def test_every_key_the_code_uses_is_in_the_catalogs():
+    used: set[str] = set()
+    for path in list((PKG / "templates").glob("*.html")) + list(PKG.glob("*.py")):
+        text = path.read_text(encoding="utf-8")
+        used |= set(re.findall(r"""\bt\(\s*['"]([a-z_]+\.[a-z_.]+)['"]""", text))
+        used |= set(re.findall(r"""(?:Error|Rejected|Denied|NotFound|UploadOutcome)\([^'"]*['"]([a-z_]+\.[a-z_]+)['"]""", text))
+        used |= set(re.findall(r"""['"]((?:upload|auth|error)\.(?!html)[a-z_]+)['"]""", text))
+    dynamic = {f"role.{r}" for r in auth.ROLES} | {f"status.{s}" for s in STATUSES} | {f"triage.{t}" for t in TRIAGES} | {f"triage.{t}.{x}" for t in TRIAGES for x in ("explain", "todo")}
+    missing = sorted((used | dynamic) - _keys("tr"))
+    assert not missing, f"keys used but not in the catalogs: {missing}"
+
+
+def test_turkish_casing():
+    assert tr_upper("istanbul ılıca") == "İSTANBUL ILICA"
+    assert tr_lower("İSTANBUL ILICA") == "istanbul ılıca"
+    assert tr_lower("İ") == "i" and len(tr_lower("İ")) == 1  # no stray combining dot
+    assert tr_title("çelik ayşe İPEK ışık") == "Çelik Ayşe İpek Işık"
+    assert "i".upper() == "I"  # why tr_upper exists
+
+
+def test_dicom_names_read_as_the_doctor_writes_them():
+    assert person_name("ÇELİK^AYŞE") == "Ayşe ÇELİK"
+    assert person_name("yıldız^özlem^işıl") == "Özlem İşıl YILDIZ"
+    assert person_name("IŞIK^ILGIN") == "Ilgın IŞIK"
+    assert person_name("DOĞAN") == "DOĞAN"
+    assert person_name("") == ""
+    assert person_name("IŞIK^İPEK", "en") == "İpek IŞIK"  # Turkish names keep Turkish casing on the English screen
+    assert person_name("ışık^ılgın", "en") == "Ilgın IŞIK"
+
+
+def test_search_folding_meets_keyboards_without_turkish_letters():
+    assert search_fold("ŞAHİN") == search_fold("sahin") == search_fold("Şahin") == "sahin"
+    assert search_fold("IŞIK") == "isik"
+
+
+def test_catalog_formats_parameters_in_both_languages():
+    assert catalog("tr")("upload.summary", ok=3, total=4) == "3 / 4 dosya kaydedildi."
+    assert catalog("en")("upload.summary", ok=3, total=4) == "3 of 4 files stored."
+    assert catalog("xx").lang == "tr"
+
+
+@pytest.mark.parametrize("name", ["../a.dcm", "a/../../b", "/etc/passwd", "C:\\x.dcm", "a\\b", "~/.ssh/id", "a\x00b", "", "a//b", "./a", "x" * 300, "a\u202eb"])
+def test_path_tricks_in_upload_names_are_refused(name: str):
+    assert safe_label(name) is None
+
+
+@pytest.mark.parametrize("name", ["IM0001", "DICOM/IMG/IM0001.dcm", "Çekim 1.dcm"])
+def test_ordinary_upload_names_pass(name: str):
+    assert safe_label(name) == name
+
+
+def test_dicom_part10_is_recognised_by_its_preamble():
+    assert looks_like_dicom(b"\0" * 128 + b"DICM" + b"rest")
+    assert not looks_like_dicom(b"%PDF-1.7" + b"\0" * 200)
+    assert not looks_like_dicom(b"DICM")
+
+
+def test_study_status_rule():
+    assert study_status("open", None, None) == "receiving"
+    assert study_status("complete", "ready", None) == "waiting"
+    assert study_status("complete", None, None) == "waiting"
+    assert study_status("complete", "leased", None) == "analysing"
+    assert study_status("complete", "dead", None) == "failed"
+    assert study_status("complete", "done", "incomplete") == "incomplete"
+
+
+def test_lockout_rule():
+    policy = auth.LockoutPolicy(max_failures=3, lock_s=60)
+    assert auth.after_failure(0, 100.0, policy) == (1, None)
+    assert auth.after_failure(2, 100.0, policy) == (0, 160.0)
+    assert auth.is_locked(160.0, 159.0) and not auth.is_locked(160.0, 161.0) and not auth.is_locked(None, 0)
+
+
+def test_roles():
+    assert auth.may("doctor", "feedback") and auth.may("doctor", "referral")
+    assert not auth.may("technician", "study") and auth.may("technician", "upload")
+    assert not auth.may("radiologist", "upload") and not auth.may("nobody", "worklist")
+
+
+def test_tokens_compare_in_constant_time_and_refuse_empty():
+    assert auth.same_token("abc", "abc")
+    assert not auth.same_token("abc", "abd") and not auth.same_token("", "") and not auth.same_token(None, "x")
