@@ -1,0 +1,69 @@
+"""Daemon hook for ``mammo up``: inference workers on the chosen hardware profile."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from edge_agent.box import Box, retry_policy
+from edge_agent.inference.activation import ModelRegistry
+from edge_agent.inference.worker import InferenceHandler
+from edge_agent.ingest.image_store import ImageStore
+from edge_agent.ingest.service import IngestPaths
+from edge_agent.queue import JobQueue
+from edge_agent.store import open_database, transaction
+from edge_agent.worker import Worker
+from hardware_profiles.detect import detect
+from hardware_profiles.profiles import Profile, load_profiles
+from hardware_profiles.runtime import open_on_profile
+from hardware_profiles.select import Choice, choose
+
+log = logging.getLogger(__name__)
+
+INFER_QUEUE = "infer"
+
+
+def choose_profile(box: Box) -> tuple[Choice, dict[str, Profile], str | None]:
+    profiles = load_profiles()
+    facts = detect(tuple(n for p in profiles.values() for n in p.delegates), box.settings.infer_tflite_delegate)
+    choice = choose(profiles, facts, box.settings.infer_profile)
+    delegate = facts.delegates[0][1] if facts.delegates else None
+    return choice, profiles, delegate
+
+
+def record_runtime(db, profile: str, backend: str, version: str, fallback_reason: str | None) -> None:
+    with transaction(db) as d:
+        d.execute(
+            "INSERT OR REPLACE INTO infer_runtime (id, profile, backend, model_version, fallback_reason, updated_at) VALUES (1, ?, ?, ?, ?, ?)",
+            [profile, backend, version, fallback_reason, time.time()],
+        )
+
+
+def make_handler(box: Box, choice: Choice, profiles: dict[str, Profile], delegate: str | None) -> InferenceHandler:
+    """One handler with its own database connection (a worker thread owns it)."""
+    db = open_database(box.settings.db_path, max_size_mb=box.settings.db_max_size_mb)
+    queue = JobQueue(db, retry_policy(box.settings))
+    store = ImageStore(IngestPaths.of(box.settings).images, box.keystore.master_key())
+    registry = ModelRegistry(db, box.settings)
+
+    def factory(release):
+        opened = open_on_profile(release, choice.profile, profiles, delegate)
+        record_runtime(db, opened.profile.name, opened.backend, release.version, opened.fallback_reason)
+        return opened.screener
+
+    return InferenceHandler(queue, store, registry, factory, profile=choice.profile.name)
+
+
+def start_services(box: Box, stop: threading.Event) -> list[threading.Thread]:
+    choice, profiles, delegate = choose_profile(box)
+    log.info("hardware profile %s: %s", choice.profile.name, dict(choice.reasons).get(choice.profile.name))
+    ModelRegistry(box.db, box.settings).ensure_active()
+    threads = []
+    for i in range(choice.profile.workers):
+        handler = make_handler(box, choice, profiles, delegate)
+        worker = Worker(handler.queue, INFER_QUEUE, handler, name=f"infer-{i}", lease_s=box.settings.queue_lease_s, poll_s=0.2, stop=stop)
+        t = threading.Thread(target=worker.run, name=f"infer-{i}", daemon=True)
+        t.start()
+        threads.append(t)
+    return threads

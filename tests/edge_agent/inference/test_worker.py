@@ -1,0 +1,84 @@
+"""A study in through the real ingest service, out through the real inference worker and model."""
+
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from edge_agent.inference.worker import result_of
+from edge_agent.worker import Worker
+
+
+def drain(screening):
+    return Worker(screening.box.queue, "infer", screening.handler, name="test").run(drain=True)
+
+
+def test_complete_study_gets_a_stored_triage_heatmaps_and_a_report_job(screening):
+    results = screening.push_study(seed=1)
+    assert results[-1].infer_job_id is not None
+    counters = drain(screening)
+    assert counters.done == 1
+    study_uid = results[0].study_uid
+    r = result_of(screening.box.db, study_uid)
+    assert r["status"] == "done"
+    assert r["triage"] in {"no_suspicious_finding", "radiologist_review", "priority_radiologist_review"}
+    assert {(v["laterality"], v["view"]) for v in r["views"]} == {("L", "CC"), ("L", "MLO"), ("R", "CC"), ("R", "MLO")}
+    assert r["study_score"] == pytest.approx(max(v["p_abnormal"] for v in r["views"]))
+    assert r["model_version"] == screening.registry.active().version and r["backend"] == "onnx-int8"
+    for v in r["views"]:
+        heat = np.asarray(Image.open(io.BytesIO(screening.store.get(v["heatmap_digest"]))))
+        assert heat.shape == (256, 256) and heat.dtype == np.uint8
+        assert 0 <= v["peak_x"] < 256 and 0 <= v["peak_y"] < 256
+    # heatmaps are sealed at rest like the images
+    raw = screening.store.path(r["views"][0]["heatmap_digest"]).read_bytes()
+    assert raw[:4] == b"MEV1" and b"PNG" not in raw[:64]
+    report = screening.box.db.execute("SELECT payload, key FROM jobs WHERE queue = 'report'").fetchall()
+    assert [(json.loads(p)["study_uid"], k) for p, k in report] == [(study_uid, f"report:{study_uid}")]
+
+
+def test_study_with_a_missing_view_is_incomplete_not_guessed(screening):
+    results = screening.push_study(seed=2, views=[("L", "CC"), ("L", "MLO"), ("R", "CC")])
+    assert results[-1].infer_job_id is None  # still waiting for the fourth view
+    swept = screening.ingest.sweep(now=screening.ingest.clock() + screening.box.settings.ingest_study_complete_timeout_s + 1)
+    assert [s.study_uid for s in swept] == [results[0].study_uid]
+    drain(screening)
+    r = result_of(screening.box.db, results[0].study_uid)
+    assert r["status"] == "incomplete" and r["triage"] is None and r["study_score"] is None
+    assert r["reasons"] == ["view R-MLO missing"]
+    assert len(r["views"]) == 3
+
+
+def test_unreadable_view_makes_the_study_incomplete_with_the_reason(screening):
+    results = screening.push_study(seed=3)
+    victim = screening.store.path(results[1].digest)
+    blob = bytearray(victim.read_bytes())
+    blob[-10] ^= 0x01  # one flipped bit on disk
+    victim.write_bytes(bytes(blob))
+    drain(screening)
+    r = result_of(screening.box.db, results[0].study_uid)
+    assert r["status"] == "incomplete"
+    assert any(reason.startswith(f"unreadable: {results[1].laterality}-{results[1].view}") for reason in r["reasons"])
+
+
+def test_a_newly_activated_model_is_used_from_the_next_study(screening, release_dir):
+    screening.push_study(seed=4)
+    drain(screening)
+    new = screening.registry.activate(str(release_dir), by="tech", reason="update")
+    results = screening.push_study(seed=5)
+    drain(screening)
+    assert screening.handler._loaded[0] == new.id
+    assert result_of(screening.box.db, results[0].study_uid)["status"] == "done"
+
+
+def test_model_tampered_after_activation_is_refused_and_screening_continues_on_the_loaded_one(screening, release_dir):
+    screening.push_study(seed=6)
+    drain(screening)  # the shipped model is loaded
+    loaded = screening.handler._loaded
+    screening.registry.activate(str(release_dir), by="tech", reason="update")
+    (release_dir / "model_int8.onnx").write_bytes(b"not a model")
+    results = screening.push_study(seed=7)
+    drain(screening)
+    assert screening.handler._loaded is loaded
+    assert result_of(screening.box.db, results[0].study_uid)["status"] == "done"
