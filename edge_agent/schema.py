@@ -137,6 +137,10 @@ INFER = [
         updated_at REAL NOT NULL
     );
     """,
+    # 2: the contralateral suspicion score each view was triaged on.
+    """
+    ALTER TABLE infer_views ADD COLUMN suspicion REAL;
+    """,
 ]
 
 KIOSK = [

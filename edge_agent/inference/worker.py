@@ -98,18 +98,25 @@ class InferenceHandler:
         ).fetchall()
         views: list[ViewScore] = []
         unreadable: list[str] = []
+        pixels: dict[str, np.ndarray] = {}
         for sop_uid, digest, laterality, view in rows:
-            name = f"{laterality or '?'}-{view or '?'}"
             try:
-                result = screener.score(pixels_of(self.store.get(digest)))
+                pixels[sop_uid] = pixels_of(self.store.get(digest))
             except (IntegrityError, StoreError) as exc:
-                unreadable.append(f"{name}: {exc}")
+                unreadable.append(f"{laterality or '?'}-{view or '?'}: {exc}")
+            except (ValueError, TypeError, AttributeError, NotImplementedError, RuntimeError) as exc:
+                unreadable.append(f"{laterality or '?'}-{view or '?'}: image could not be decoded ({type(exc).__name__}: {exc})")
+        for sop_uid, digest, laterality, view in rows:
+            if sop_uid not in pixels:
                 continue
-            except (ModelsPackageError, ValueError, TypeError, AttributeError, NotImplementedError, RuntimeError) as exc:
-                unreadable.append(f"{name}: image could not be decoded or scored ({type(exc).__name__}: {exc})")
+            other = next((pixels[o] for o, _, lat, v in rows if o in pixels and v == view and lat and lat != laterality), None)
+            try:
+                result = screener.score(pixels[sop_uid], other)
+            except (ModelsPackageError, ValueError) as exc:
+                unreadable.append(f"{laterality or '?'}-{view or '?'}: image could not be scored ({exc})")
                 continue
             heat_digest, _ = self.store.put(heatmap_png(result.heatmap))
-            views.append(ViewScore(sop_uid, laterality, view, result.p_abnormal, result.p_malignant,
+            views.append(ViewScore(sop_uid, laterality, view, result.p_abnormal, result.p_malignant, result.suspicion,
                                    result.peak_xy[0], result.peak_xy[1], heat_digest))
         release = screener.release
         outcome = aggregate(views, unreadable, release.operating_points)
@@ -126,9 +133,9 @@ class InferenceHandler:
             )
             for v in views:
                 db.execute(
-                    "INSERT INTO infer_views (study_uid, sop_uid, view, laterality, p_abnormal, p_malignant, peak_x, peak_y, heatmap_digest)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [study_uid, v.sop_uid, v.view, v.laterality, v.p_abnormal, v.p_malignant, v.peak_x, v.peak_y, v.heatmap_digest],
+                    "INSERT INTO infer_views (study_uid, sop_uid, view, laterality, p_abnormal, p_malignant, suspicion, peak_x, peak_y, heatmap_digest)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [study_uid, v.sop_uid, v.view, v.laterality, v.p_abnormal, v.p_malignant, v.suspicion, v.peak_x, v.peak_y, v.heatmap_digest],
                 )
             self.queue.enqueue_tx(db, REPORT_QUEUE, {"study_uid": study_uid, "status": outcome.status}, key=f"report:{study_uid}")
 
@@ -145,7 +152,7 @@ def result_of(db: sqlite_utils.Database, study_uid: str) -> dict | None:
     if row is None:
         return None
     views = db.execute(
-        "SELECT sop_uid, laterality, view, p_abnormal, p_malignant, peak_x, peak_y, heatmap_digest FROM infer_views WHERE study_uid = ? ORDER BY laterality, view",
+        "SELECT sop_uid, laterality, view, p_abnormal, p_malignant, suspicion, peak_x, peak_y, heatmap_digest FROM infer_views WHERE study_uid = ? ORDER BY laterality, view",
         [study_uid],
     ).fetchall()
     return {

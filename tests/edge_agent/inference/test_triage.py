@@ -5,7 +5,7 @@ POINTS = OperatingPoints(review=0.3, priority=0.7)
 
 
 def view(lat, v, p, m=0.1):
-    return ViewScore(f"sop-{lat}{v}", lat, v, p, m, 10, 20, "0" * 64)
+    return ViewScore(f"sop-{lat}{v}", lat, v, min(1.0, p + 0.05), m, p, 10, 20, "0" * 64)
 
 
 def four(l_cc=0.1, l_mlo=0.1, r_cc=0.1, r_mlo=0.1):
@@ -15,7 +15,7 @@ def four(l_cc=0.1, l_mlo=0.1, r_cc=0.1, r_mlo=0.1):
 def test_one_suspicious_view_makes_its_breast_and_the_study_suspicious():
     t = aggregate(four(r_mlo=0.8), [], POINTS)
     assert t.status == "done" and t.triage == PRIORITY
-    assert t.breast_scores["R"]["p_abnormal"] == 0.8 and t.breast_scores["L"]["p_abnormal"] == 0.1
+    assert t.breast_scores["R"]["suspicion"] == 0.8 and t.breast_scores["L"]["suspicion"] == 0.1
     assert t.study_score == 0.8
 
 

@@ -25,7 +25,7 @@ def test_complete_study_gets_a_stored_triage_heatmaps_and_a_report_job(screening
     assert r["status"] == "done"
     assert r["triage"] in {"no_suspicious_finding", "radiologist_review", "priority_radiologist_review"}
     assert {(v["laterality"], v["view"]) for v in r["views"]} == {("L", "CC"), ("L", "MLO"), ("R", "CC"), ("R", "MLO")}
-    assert r["study_score"] == pytest.approx(max(v["p_abnormal"] for v in r["views"]))
+    assert r["study_score"] == pytest.approx(max(v["suspicion"] for v in r["views"]))
     assert r["model_version"] == screening.registry.active().version and r["backend"] == "onnx-int8"
     for v in r["views"]:
         heat = np.asarray(Image.open(io.BytesIO(screening.store.get(v["heatmap_digest"]))))
