@@ -117,8 +117,8 @@ def render_card(info: dict, folder: Path) -> str:
         "one breast differ from the other, while density and film quality are shared.",
         "AUC by the weight of the other breast (0 = this breast alone): "
         + ", ".join(f"{b}: {v:.3f}" for b, v in cv["auc_abnormal_by_beta"].items())
-        + ". The weight 0.5 was fixed as the midpoint after looking at these three,",
-        "so the gain is slightly optimistic. Sensitivity, specificity and the per-density",
+        + ". The weight 0.5 was fixed on an earlier recipe's CV predictions (see *How the",
+        "recipe was chosen*); all three are shown for transparency. Sensitivity, specificity and the per-density",
         "figures use the suspicion score; the malignant AUC uses the malignant channel.",
         "",
         "Per density class (normal vs abnormal, suspicion score):",

@@ -33,8 +33,10 @@ def images(request):
         return imgs, np.stack([p.mask for p in pre]), imgs[::-1].copy()
 
 
-@pytest.mark.parametrize("backend,min_corr,min_same_peak", [("onnx-fp32", 0.999, 1.0), ("onnx-int8", 0.95, 0.7),
-                                                             ("tflite-int8", 0.95, 0.7)])
+# measured on 0.1.0 (20 real lesion images): correlation >= 0.9999 / 0.999 / 0.995,
+# same peak on 20/20 for all three
+@pytest.mark.parametrize("backend,min_corr,min_same_peak", [("onnx-fp32", 0.999, 1.0), ("onnx-int8", 0.98, 0.8),
+                                                             ("tflite-int8", 0.98, 0.8)])
 def test_runtime_cam_agrees_with_pytorch_grad_cam(release_dir, model, images, backend, min_corr, min_same_peak):
     imgs, _, others = images
     run = Screener(release_dir, backend=backend, threads=1).raw

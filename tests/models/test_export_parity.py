@@ -1,13 +1,16 @@
 """The shipped exports behave like the PyTorch model they came from.
 
-Tolerances (measured on the 0.1.0 release, stated here so a regression shows):
-* ONNX fp32 vs PyTorch: logits within 1e-3 (float rounding only).
+Tolerances (measured on the 0.1.0 release over the 258 real images, stated
+here so a regression shows):
+* ONNX fp32 vs PyTorch: logits within 1e-3 (measured 4e-6: float rounding).
 * INT8 ONNX vs fp32: abnormal probability within 0.10 on every image (measured
-  worst 0.064) and 0.03 on average (measured 0.011).
-* INT8 TFLite vs fp32: within 0.20 on every image (measured worst 0.149; its
-  PT2E quantizer uses symmetric int8 activations) and 0.03 on average (0.017).
-* INT8 AUC within 0.01 of fp32: on the cross-validation folds' own held-out
-  women (recorded at build time) and, live, on the real images here.
+  worst 0.060) and 0.03 on average (measured 0.009).
+* INT8 TFLite vs fp32: within 0.15 on every image (measured worst 0.060; its
+  PT2E quantizer uses symmetric int8 weights and a histogram observer) and
+  0.03 on average (measured 0.015).
+* INT8 AUC within 0.01 of fp32 (measured 0.004 ONNX, 0.006 TFLite): on the
+  cross-validation folds' own held-out women (recorded at build time) and,
+  live, on the real images here.
 """
 
 from __future__ import annotations
@@ -72,7 +75,7 @@ def test_onnx_fp32_matches_pytorch(outputs):
     np.testing.assert_allclose(outputs["onnx-fp32"][1], outputs["torch"][1], atol=1e-3)
 
 
-@pytest.mark.parametrize("backend,worst", [("onnx-int8", 0.10), ("tflite-int8", 0.20)])
+@pytest.mark.parametrize("backend,worst", [("onnx-int8", 0.10), ("tflite-int8", 0.15)])
 def test_int8_probabilities_close_to_fp32(outputs, backend, worst):
     if backend not in outputs:
         pytest.skip(f"{backend} runtime not installed")
