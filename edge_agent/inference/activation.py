@@ -27,7 +27,7 @@ import sqlite_utils
 from edge_agent.errors import ModelError
 from edge_agent.settings import Settings
 from edge_agent.store import transaction
-from models.errors import ModelError as ModelsPackageError
+from models.errors import ReleaseError
 from models.release_files import Release, load_release
 from provisioning.keystore import verify
 
@@ -65,7 +65,7 @@ def verify_release(path: Path, signing_key: Path | None) -> tuple[Release, str]:
     """Load a release after checking every file's SHA-256 and, when a signing key is provisioned, its signature."""
     try:
         release = load_release(path, verify=True)
-    except ModelsPackageError as exc:
+    except ReleaseError as exc:
         raise ModelError(f"Model release {path} refused: {exc}") from exc
     except (OSError, ValueError, KeyError) as exc:
         raise ModelError(f"Model release {path} is unreadable ({exc}); reinstall it.") from exc

@@ -27,7 +27,6 @@ from edge_agent.inference.activation import Activation, ModelRegistry, verify_re
 from edge_agent.inference.triage import ViewScore, aggregate
 from edge_agent.ingest.image_store import ImageStore
 from edge_agent.queue import Effect, Job, JobQueue
-from models.errors import ModelError as ModelsPackageError
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +79,7 @@ class InferenceHandler:
                 if digest != act.manifest_sha256:
                     raise ModelError(f"Model {act.version}: manifest changed since activation; refusing it.")
                 screener = self.factory(release)
-            except (MammoError, ModelsPackageError) as exc:
+            except MammoError as exc:
                 if self._loaded is None:
                     raise ModelError(f"Active model {act.version} cannot be used ({exc}); no earlier model is loaded.") from exc
                 log.error("active model %s refused (%s); still screening with the previous model", act.version, exc)
@@ -112,7 +111,7 @@ class InferenceHandler:
             other = next((pixels[o] for o, _, lat, v in rows if o in pixels and v == view and lat and lat != laterality), None)
             try:
                 result = screener.score(pixels[sop_uid], other)
-            except (ModelsPackageError, ValueError) as exc:
+            except (ModelError, ValueError) as exc:
                 unreadable.append(f"{laterality or '?'}-{view or '?'}: image could not be scored ({exc})")
                 continue
             heat_digest, _ = self.store.put(heatmap_png(result.heatmap))
