@@ -319,7 +319,7 @@ class KioskServices:
         return StudyView(
             study_uid=row[0], pseudonym=row[1], identity=self.identity(row[1]), arrived_at=row[2],
             status=study_status(row[3], row[4], row[5]), triage=row[6], study_score=row[7],
-            breast_scores=_json(row[8], {}), reasons=tuple(str(x) for x in _json(row[9], [])),
+            breast_scores={side: float(b["suspicion"]) for side, b in _json(row[8], {}).items()}, reasons=tuple(str(x) for x in _json(row[9], [])),
             model_version=row[10], profile=row[11], views=tuple(views), feedback=tuple(self.feedback_of(study_uid)),
         )
 

@@ -52,7 +52,9 @@ def write_result(ingest: IngestService, study_uid: str, *, triage: str | None, s
         p = max(0.0, min(1.0, (score or 0.0) * (1.0 if i == 0 else 0.6)))
         digest_h, _ = store.put(heatmap_png(128, 128, 0.35 if lat == "L" else 0.65, 0.45))
         views.append((study_uid, sop, view, lat, p, p * 0.8, 40, 60, digest_h))
-    breast = {"L": max([v[4] for v in views if v[3] == "L"] or [0.0]), "R": max([v[4] for v in views if v[3] == "R"] or [0.0])}
+    # the shape edge_agent.inference.triage.aggregate writes: per breast, the most suspicious view's figures
+    breast = {side: {"p_abnormal": m, "p_malignant": m * 0.8, "suspicion": m}
+              for side in ("L", "R") for m in [max([v[4] for v in views if v[3] == side] or [0.0])]}
     reasons = ["synthetic result for tests and demos"] if triage else ["missing views"]
     with transaction(db):
         db.execute("INSERT OR REPLACE INTO infer_results (study_uid, status, triage, study_score, breast_scores, reasons, model_version,"
