@@ -86,7 +86,8 @@ def bench_infer(release: Path, images: str | None = None, n_images: int = 30, th
     torch.set_num_threads(threads)
     sizes = {"pytorch_fp32_eager": rel.file("model_fp32.pt").stat().st_size}
     for b, f in BACKENDS.items():
-        sizes[b.replace("-", "_")] = rel.file(f).stat().st_size
+        if not b.startswith("torch"):  # the .pt file is already counted as pytorch_fp32_eager
+            sizes[b.replace("-", "_")] = rel.file(f).stat().st_size
     lat = {k: _stats(v) for k, v in times.items()}
     out = {
         "model_version": rel.version,
