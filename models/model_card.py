@@ -37,6 +37,23 @@ def _goal_text(m: dict) -> str:
     return "**the goal is not met**, and even the upper end of the interval is below 0.90"
 
 
+def _repeat_lines(info: dict, cfg: dict) -> list[str]:
+    """The same CV with other training seeds: how much of the figure is luck."""
+    reps = info.get("cv_repeats") or []
+    if not reps:
+        return []
+    out = [f"**Seed variation.** The table is training seed {cfg['seed']} (the shipped model's seed). "
+           "The whole 5-fold CV repeated with another training seed gave:", ""]
+    for r in reps:
+        out.append(f"- seed {r['seed']}: AUC normal vs abnormal {_f(r['auc_abnormal'])} (suspicion score), "
+                   f"{_f(r['auc_abnormal_single_image'])} (this breast alone); benign vs malignant "
+                   f"{_f(r['auc_malignant'])}; sensitivity at 90% specificity {_f(r['sens_at_90spec'], True)}; "
+                   f"pointing game {r['pointing_game']['hits']}/{r['pointing_game']['n_lesion_images']}.")
+    out += ["", "The spread between seeds is as large as most of the differences between recipes",
+            "below: read the figures as a range, not a point.", ""]
+    return out
+
+
 def render_card(info: dict, folder: Path) -> str:
     cv = info["cv_metrics"]
     op = info["operating_points"]
@@ -112,6 +129,7 @@ def render_card(info: dict, folder: Path) -> str:
         f"| pointing game (map peak inside the lesion circle) | {pg['hits']}/{pg['n_lesion_images']}"
         f" = {100 * pg['rate']:.0f}% |",
         "",
+        *_repeat_lines(info, cfg),
         "The **suspicion score** the box triages on is this breast's probability minus",
         f"{cv['contralateral_beta']} x the other breast's (same woman, same view): a finding usually makes",
         "one breast differ from the other, while density and film quality are shared.",

@@ -69,6 +69,15 @@ def _ort_probs(path: Path, inputs: np.ndarray) -> np.ndarray:
     return 1 / (1 + np.exp(-np.asarray(out, np.float64)))
 
 
+def _repeat_summary(cv_dir: Path) -> dict:
+    """Headline figures of the same CV rerun with another training seed."""
+    m = json.loads((cv_dir / "cv_metrics.json").read_text())
+    seed = json.loads((cv_dir / "fold0.json").read_text())["config"]["seed"]
+    keys = ("auc_abnormal", "auc_malignant", "sens_at_90spec", "spec_at_85sens")
+    return {"seed": seed, **{k: m[k] for k in keys}, "auc_abnormal_single_image": m["single_image"]["auc_abnormal"],
+            "pointing_game": m["pointing_game"]}
+
+
 def _per_class_auc(cv_rows: list[dict], data: Path) -> dict:
     """AUC of each finding class against all normal images (suspicion score)."""
     import csv
@@ -93,7 +102,7 @@ def _calibration(arrays, pair: bool, idx: np.ndarray | None = None, n: int = 96,
 
 
 def build(final: Path, cv: Path, version: str, data: Path, out_root: Path, k: int = 5,
-          notes: Path | None = None) -> Path:
+          notes: Path | None = None, repeats: list[Path] | None = None) -> Path:
     import torch
 
     from models.export.onnx_export import export_onnx
@@ -179,6 +188,7 @@ def build(final: Path, cv: Path, version: str, data: Path, out_root: Path, k: in
         "per_class_auc": per_class,
         "intended_use": "triage aid for radiologist review; never a diagnosis",
         "development_notes": notes.read_text().splitlines() if notes else [],
+        "cv_repeats": [_repeat_summary(r) for r in repeats or []],
     }
     (out / "model.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
     # the out-of-fold predictions behind every CV figure, for audit (no pixels)
@@ -203,8 +213,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", type=Path, default=shared_data_dir() / "mias")
     ap.add_argument("--out-root", type=Path, default=REPO / "models" / "release")
     ap.add_argument("--notes", type=Path, default=None, help="markdown lines: how the recipe was chosen")
+    ap.add_argument("--repeat", type=Path, action="append", default=[],
+                    help="folder of the same CV run with another --seed (repeatable)")
     a = ap.parse_args(argv)
-    path = build(a.final, a.cv, a.version, a.data, a.out_root, notes=a.notes)
+    path = build(a.final, a.cv, a.version, a.data, a.out_root, notes=a.notes, repeats=a.repeat)
     print(json.dumps({"release": str(path)}))
     return 0
 
