@@ -27,6 +27,7 @@ from edge_agent.inference.activation import Activation, ModelRegistry, verify_re
 from edge_agent.inference.triage import ViewScore, aggregate
 from edge_agent.ingest.image_store import ImageStore
 from edge_agent.queue import Effect, Job, JobQueue
+from models.release_files import suspicion
 
 log = logging.getLogger(__name__)
 
@@ -105,17 +106,28 @@ class InferenceHandler:
                 unreadable.append(f"{laterality or '?'}-{view or '?'}: {exc}")
             except (ValueError, TypeError, AttributeError, NotImplementedError, RuntimeError) as exc:
                 unreadable.append(f"{laterality or '?'}-{view or '?'}: image could not be decoded ({type(exc).__name__}: {exc})")
+        # Score each view once; its suspicion then uses the other breast's score from the same pass
+        # (Screener.score(image, other) would preprocess and run the other breast a second time).
+        scored: dict[str, object] = {}
         for sop_uid, digest, laterality, view in rows:
             if sop_uid not in pixels:
                 continue
-            other = next((pixels[o] for o, _, lat, v in rows if o in pixels and v == view and lat and lat != laterality), None)
+            other = None
+            if screener.channels > 1:  # a two-breast model reads the other breast as an input channel
+                other = next((pixels[o] for o, _, lat, v in rows if o in pixels and v == view and lat and lat != laterality), None)
             try:
-                result = screener.score(pixels[sop_uid], other)
+                scored[sop_uid] = screener.score(pixels[sop_uid], other)
             except (ModelError, ValueError) as exc:
                 unreadable.append(f"{laterality or '?'}-{view or '?'}: image could not be scored ({exc})")
+        points = screener.release.operating_points
+        for sop_uid, digest, laterality, view in rows:
+            result = scored.get(sop_uid)
+            if result is None:
                 continue
+            p_other = next((scored[o].p_abnormal for o, _, lat, v in rows if o in scored and v == view and lat and lat != laterality), None)
             heat_digest, _ = self.store.put(heatmap_png(result.heatmap))
-            views.append(ViewScore(sop_uid, laterality, view, result.p_abnormal, result.p_malignant, result.suspicion,
+            views.append(ViewScore(sop_uid, laterality, view, result.p_abnormal, result.p_malignant,
+                                   suspicion(result.p_abnormal, p_other, points.beta, points.fallback_p_other),
                                    result.peak_xy[0], result.peak_xy[1], heat_digest))
         release = screener.release
         outcome = aggregate(views, unreadable, release.operating_points)

@@ -82,3 +82,14 @@ def test_model_tampered_after_activation_is_refused_and_screening_continues_on_t
     drain(screening)
     assert screening.handler._loaded is loaded
     assert result_of(screening.box.db, results[0].study_uid)["status"] == "done"
+
+
+def test_each_view_is_triaged_against_the_same_view_of_the_other_breast(screening):
+    results = screening.push_study(seed=8)
+    drain(screening)
+    r = result_of(screening.box.db, results[0].study_uid)
+    beta = screening.handler.screener()[0].release.operating_points.beta
+    p = {(v["laterality"], v["view"]): v["p_abnormal"] for v in r["views"]}
+    for v in r["views"]:
+        other = "R" if v["laterality"] == "L" else "L"
+        assert v["suspicion"] == pytest.approx(v["p_abnormal"] - beta * p[(other, v["view"])])
