@@ -13,7 +13,6 @@ import resource
 import tempfile
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np

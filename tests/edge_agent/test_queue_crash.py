@@ -1,11 +1,9 @@
 """Crash safety with real processes: SIGKILL at random moments, SIGTERM mid-job."""
 
-import os
 import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest

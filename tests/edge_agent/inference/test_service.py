@@ -10,7 +10,6 @@ from pathlib import Path
 
 from edge_agent.box import open_box
 from edge_agent.inference import service
-from edge_agent.inference.activation import ModelRegistry
 from edge_agent.inference.worker import result_of
 from edge_agent.ingest import mg
 from edge_agent.ingest.service import IngestService
