@@ -6,14 +6,15 @@ import argparse
 import dataclasses
 import shutil
 import threading
+from typing import Any
 
 from edge_agent import daemon
-from edge_agent.box import open_box
+from edge_agent.box import Box, open_box
 from edge_agent.cli import EXIT_FAILED, EXIT_OK, add_json_flag, emit
 from edge_agent.settings import Settings
 
 
-def register(sub: argparse._SubParsersAction, bench_sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], bench_sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("up", help="start the appliance (receiver, workers, kiosk) with the settings' defaults")
     p.add_argument("--check", action="store_true", help="open everything, print the status and exit (no serving)")
     add_json_flag(p)
@@ -50,7 +51,7 @@ def register(sub: argparse._SubParsersAction, bench_sub: argparse._SubParsersAct
     p.set_defaults(handler=cmd_bench_queue)
 
 
-def _status(box) -> dict:
+def _status(box: Box) -> dict[str, Any]:
     s: Settings = box.settings
     disk = shutil.disk_usage(s.home)
     return {

@@ -37,7 +37,7 @@ def setting(default: Any, help: str, *, check: typing.Callable[[Any], bool] | No
 
 
 def _positive(v: Any) -> bool:
-    return v > 0
+    return bool(v > 0)
 
 
 def _port(v: int) -> bool:
@@ -185,14 +185,14 @@ def _read_toml(path: Path) -> dict[str, Any]:
     return flat
 
 
-def _base_type(f: dataclasses.Field) -> type:
+def _base_type(f: dataclasses.Field[Any]) -> type:
     hint = typing.get_type_hints(Settings)[f.name]
     if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
         hint = next(a for a in typing.get_args(hint) if a is not type(None))
-    return hint
+    return typing.cast(type, hint)
 
 
-def _coerce(f: dataclasses.Field, raw: Any) -> Any:
+def _coerce(f: dataclasses.Field[Any], raw: Any) -> Any:
     typ = _base_type(f)
     env_name = ENV_PREFIX + f.name.upper()
     where = f"Setting '{f.name}' (env {env_name})"

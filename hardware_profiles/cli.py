@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from typing import Any
 
 from edge_agent.cli import EXIT_OK, add_json_flag, emit
 from hardware_profiles.detect import detect
@@ -11,7 +12,7 @@ from hardware_profiles.profiles import load_profiles
 from hardware_profiles.select import choose
 
 
-def register(sub: argparse._SubParsersAction, bench_sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], bench_sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     hw = sub.add_parser("hw", help="hardware profiles: detect and benchmark")
     hw_sub = hw.add_subparsers(dest="hw_command", metavar="ACTION", required=True)
     p = hw_sub.add_parser("detect", help="list what this machine offers and the profile it picks, and why")
@@ -24,7 +25,7 @@ def register(sub: argparse._SubParsersAction, bench_sub: argparse._SubParsersAct
     p.set_defaults(handler=cmd_bench)
 
 
-def detect_report(forced: str | None = None) -> dict:
+def detect_report(forced: str | None = None) -> dict[str, Any]:
     profiles = load_profiles()
     facts = detect(tuple(n for p in profiles.values() for n in p.delegates))
     choice = choose(profiles, facts, forced)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from edge_agent.errors import SettingsError
 
@@ -48,8 +49,10 @@ def load_profile(path: Path) -> Profile:
         raise SettingsError(f"Hardware profile {path} is unreadable: {exc}. Fix the TOML or remove the file.") from exc
     req = raw.pop("requires", {})
     try:
-        requires = Requirements(**{k: tuple(v) if isinstance(v, list) else v for k, v in req.items()})
-        profile = Profile(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}, requires=requires)
+        req_fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in req.items()}
+        prof_fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}
+        requires = Requirements(**req_fields)
+        profile = Profile(**prof_fields, requires=requires)
     except TypeError as exc:
         raise SettingsError(f"Hardware profile {path} has an unknown or missing key ({exc}). Fix: compare it with cpu-small.toml.") from exc
     problems = []

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 from hardware_profiles.profiles import Profile
 from hardware_profiles.select import FALLBACK
@@ -24,7 +25,7 @@ class OpenedRuntime:
     fallback_reason: str | None
 
 
-def open_on_profile(release: object, profile: Profile, profiles: dict[str, Profile], delegate_path: str | None = None) -> OpenedRuntime:
+def open_on_profile(release: Any, profile: Profile, profiles: dict[str, Profile], delegate_path: str | None = None) -> OpenedRuntime:
     from models.runtime import Screener
 
     try:

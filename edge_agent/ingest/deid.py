@@ -14,6 +14,7 @@ import hashlib
 import hmac
 from collections import Counter
 from dataclasses import dataclass
+from typing import Any
 
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
@@ -21,6 +22,7 @@ from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag
 
 from edge_agent.ingest import annex_e
+from provisioning.keystore import Keystore
 
 METHOD_TEXT = ["MammoAI-TR Edge, PS3.15 E.1-1 (2024b) Basic Profile", "Retain Modified Dates, Patient Chars, Device Identity", "UIDs remapped by keyed hash; private tags removed"]
 DUMMY_BY_VR = {
@@ -41,7 +43,7 @@ class DeidKeys:
     max_shift_days: int = 3650
 
     @classmethod
-    def from_keystore(cls, keystore, max_shift_days: int = 3650) -> "DeidKeys":
+    def from_keystore(cls, keystore: Keystore, max_shift_days: int = 3650) -> "DeidKeys":
         return cls(keystore.secret("uid-remap"), keystore.secret("date-shift"), keystore.secret("pseudonym"), max_shift_days)
 
 
@@ -109,7 +111,7 @@ def shift_datetime(value: str, days: int) -> str:
     return shifted + value[len(date_part):] if shifted else ""
 
 
-def _shift(vr: str, value, days: int):
+def _shift(vr: str, value: Any, days: int) -> Any:
     if vr == "TM":
         return value  # whole days are shifted, so times of day stay as they were
     fn = shift_date if vr == "DA" else shift_datetime
@@ -119,7 +121,7 @@ def _shift(vr: str, value, days: int):
 
 
 class _Context:
-    def __init__(self, keys: DeidKeys, shift_days: int, options: tuple[str, ...], safelist: frozenset) -> None:
+    def __init__(self, keys: DeidKeys, shift_days: int, options: tuple[str, ...], safelist: frozenset[tuple[str, int, int]]) -> None:
         self.keys, self.shift_days, self.options, self.safelist = keys, shift_days, options, safelist
         self.rules = annex_e.rules_by_tag()
         self.actions: Counter[str] = Counter()
@@ -135,7 +137,7 @@ def _wildcard_action(tag: BaseTag) -> str | None:
     return None
 
 
-def _private_kept(ds: Dataset, tag: BaseTag, safelist: frozenset) -> bool:
+def _private_kept(ds: Dataset, tag: BaseTag, safelist: frozenset[tuple[str, int, int]]) -> bool:
     if not safelist:
         return False
     if tag.is_private_creator:
@@ -197,7 +199,7 @@ def capture_identity(ds: Dataset, keys: DeidKeys) -> Identity:
     )
 
 
-def method_codes(options: tuple[str, ...], safelist: frozenset) -> list[Dataset]:
+def method_codes(options: tuple[str, ...], safelist: frozenset[tuple[str, int, int]]) -> list[Dataset]:
     used = ["basic"] + [o for o in annex_e.APPLIED_OPTIONS if o in options] + (["rtnSafePrivOpt"] if safelist else [])
     items = []
     for name in used:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian, generate_uid
 
 from edge_agent.ingest.autofix import MG_FOR_PRESENTATION
 
@@ -57,7 +57,7 @@ def fake_patient(seed: int) -> FakePatient:
     return FakePatient(base.name + f"{seed}", digits, base.birth_date)
 
 
-def _uid(*parts: object) -> str:
+def _uid(*parts: object) -> UID:
     return generate_uid(entropy_srcs=["mammo-mg-generator", *map(str, parts)])
 
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 import json
 import struct
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import sqlite_utils
 
@@ -54,7 +56,7 @@ class Quarantine:
 
     def entries(self, *, status: str | None = "held") -> list[QuarantineEntry]:
         sql = "SELECT id, digest, reason_code, reason, source, received_at, status, size, fixes FROM ingest_quarantine"
-        params: list = []
+        params: list[object] = []
         if status:
             sql += " WHERE status = ?"
             params.append(status)
@@ -89,6 +91,6 @@ class Quarantine:
                 pass
 
 
-def _entry(r) -> QuarantineEntry:
+def _entry(r: Sequence[Any]) -> QuarantineEntry:
     fixes = tuple(Fix(f["code"], f["message"], f.get("tag", "")) for f in json.loads(r[8] or "[]"))
     return QuarantineEntry(id=r[0], digest=r[1], reason_code=r[2], reason=r[3], source=r[4], received_at=r[5], status=r[6], size=r[7], fixes=fixes)

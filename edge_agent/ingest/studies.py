@@ -14,7 +14,7 @@ from typing import Iterable
 
 import sqlite_utils
 
-from edge_agent.ingest.records import StudyRef
+from edge_agent.ingest.records import Fix, StudyRef
 
 SCREENING_VIEWS = frozenset({("L", "CC"), ("L", "MLO"), ("R", "CC"), ("R", "MLO")})
 FOUR_VIEWS = "four_views"
@@ -87,5 +87,5 @@ def set_job(db: sqlite_utils.Database, study_uid: str, job_id: int) -> None:
     db.execute("UPDATE ingest_studies SET infer_job_id = ? WHERE study_uid = ?", [job_id, study_uid])
 
 
-def fixes_json(fixes) -> str:
+def fixes_json(fixes: Iterable[Fix]) -> str:
     return json.dumps([{"code": f.code, "message": f.message, "tag": f.tag} for f in fixes], ensure_ascii=False)
