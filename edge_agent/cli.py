@@ -20,7 +20,8 @@ import importlib.util
 import json
 import logging
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from edge_agent.errors import MammoError, SettingsError
 from edge_agent.settings import Settings

@@ -15,8 +15,8 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from edge_agent.errors import LeaseLost, MammoError
 from edge_agent.queue import Effect, Job, JobQueue

@@ -12,7 +12,6 @@ Every message says what to do next.
 
 from __future__ import annotations
 
-
 from edge_agent.errors import ModelError  # the project's root tree: MammoError -> ModelError
 
 

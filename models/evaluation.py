@@ -35,7 +35,7 @@ def roc_auc(y: Sequence[int], s: Sequence[float]) -> float:
     ranks_sorted = np.arange(1, len(allv) + 1, dtype=np.float64)
     # average ranks over ties
     _, start, counts = np.unique(allv, return_index=True, return_counts=True)
-    for st, c in zip(start, counts):
+    for st, c in zip(start, counts, strict=False):
         if c > 1:
             ranks_sorted[st : st + c] = ranks_sorted[st : st + c].mean()
     ranks[order] = ranks_sorted

@@ -93,7 +93,7 @@ class ScreeningNet(nn.Module):
         nn.init.constant_(self.head.bias, -4.0)  # start from "nothing here"
 
     @classmethod
-    def from_state_dict(cls, state: dict) -> "ScreeningNet":
+    def from_state_dict(cls, state: dict) -> ScreeningNet:
         """Rebuild the net (1- or 2-channel input) from saved weights."""
         model = cls(in_ch=int(state["stem.0.weight"].shape[1]))
         model.load_state_dict(state)

@@ -26,9 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
+from models.crossval import add_contralateral
 from models.data import read_folder, shared_data_dir, woman_folds
 from models.evaluation import roc_auc
-from models.crossval import add_contralateral
 from models.release_files import CONTRALATERAL_BETA, write_manifest
 from models.training import build_arrays, pair_indices
 

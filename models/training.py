@@ -108,7 +108,7 @@ def build_arrays(records: list[Record], size: int = INPUT_SIZE) -> Arrays:
     for i, r in enumerate(records):
         p = preprocess(load_pixels(r), size)
         images[i], masks[i] = p.image, p.mask
-        cs = [(*to_model_coords(p.geometry, l.x, l.y, l.radius), l.malignant) for l in r.lesions]
+        cs = [(*to_model_coords(p.geometry, les.x, les.y, les.radius), les.malignant) for les in r.lesions]
         targets[i] = draw_targets(size, cs)
         circles.append([c[:3] for c in cs])
         labels[i] = (r.abnormal, r.malignant)
@@ -190,7 +190,7 @@ def synthetic_arrays(n: int, size: int = INPUT_SIZE, seed: int = 0) -> Arrays:
 
     rng = np.random.default_rng(seed)
     imgs, masks, tgts, labels, circles = [], [], [], [], []
-    for i in range(n):
+    for _i in range(n):
         finding = [None, None, "mass", "spiculated", "calcification"][int(rng.integers(5))]
         s = generate(int(rng.integers(1 << 30)), DENSITIES[int(rng.integers(4))], finding, size=256)
         p = preprocess(s.image, size)

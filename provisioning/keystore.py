@@ -73,7 +73,7 @@ class FileKeystore:
         self.created_at = created_at
 
     @classmethod
-    def open_or_create(cls, path: Path, passphrase: str, kdf: KdfParams = KdfParams()) -> "FileKeystore":
+    def open_or_create(cls, path: Path, passphrase: str, kdf: KdfParams = KdfParams()) -> FileKeystore:
         """Open the keystore, creating the box identity on first start. Never overwrites an existing file."""
         path = Path(path)
         if path.exists():
@@ -81,7 +81,7 @@ class FileKeystore:
         return cls.create(path, passphrase, kdf)
 
     @classmethod
-    def create(cls, path: Path, passphrase: str, kdf: KdfParams = KdfParams()) -> "FileKeystore":
+    def create(cls, path: Path, passphrase: str, kdf: KdfParams = KdfParams()) -> FileKeystore:
         if not passphrase:
             raise KeystoreError("An empty keystore passphrase is not allowed. Fix: set MAMMO_KEYSTORE_PASSPHRASE.")
         store = cls(str(uuid.uuid4()), AESGCM.generate_key(bit_length=256), Ed25519PrivateKey.generate(), time.time())
@@ -104,7 +104,7 @@ class FileKeystore:
         return store
 
     @classmethod
-    def open(cls, path: Path, passphrase: str) -> "FileKeystore":
+    def open(cls, path: Path, passphrase: str) -> FileKeystore:
         try:
             doc = json.loads(Path(path).read_text(encoding="utf-8"))
             if doc.get("format") != FORMAT:

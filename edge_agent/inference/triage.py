@@ -11,8 +11,8 @@ diagnosis.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 from models.release_files import TRIAGE_LEVELS, OperatingPoints, triage
 
