@@ -15,8 +15,11 @@ from collections import Counter
 
 import numpy as np
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 from pydicom.uid import UID
 
+from edge_agent.errors import DicomRejected
+from edge_agent.ingest import views
 from edge_agent.ingest.reader import valid_uid
 from edge_agent.ingest.records import Fix
 
@@ -29,15 +32,6 @@ MG_CLASSES = frozenset({
     "1.2.840.10008.5.1.4.1.1.13.1.4",  # Breast Projection X-Ray, For Presentation
     "1.2.840.10008.5.1.4.1.1.13.1.5",  # Breast Projection X-Ray, For Processing
 })
-# SNOMED CT and legacy SNOMED-RT codes of the mammography views (CID 4014).
-VIEW_CODES = {
-    "399162004": "CC", "R-10242": "CC", "399368009": "MLO", "R-10226": "MLO", "399260004": "ML", "R-10224": "ML",
-    "399352003": "LM", "R-10228": "LM", "399099002": "XCCL", "R-1024A": "XCCL", "399192003": "XCCM", "R-1024B": "XCCM",
-}
-VIEWS = ("XCCL", "XCCM", "MLO", "CC", "ML", "LM")
-_VIEW_RE = re.compile(r"(?<![A-Z])(?P<side>L|R|LEFT|RIGHT|SOL|SAG|SAĞ)?[\s_\-]*(?P<view>XCCL|XCCM|MLO|CC|ML|LM|OBL)(?![A-Z])")
-_SIDE_RE = re.compile(r"(?<![A-Z])(LEFT|RIGHT|SOL|SAG|SAĞ)(?![A-Z])")
-_SIDES = {"L": "L", "LEFT": "L", "SOL": "L", "R": "R", "RIGHT": "R", "SAG": "R", "SAĞ": "R"}
 
 
 def derived_uid(*parts: str) -> str:
@@ -89,7 +83,32 @@ def fix_sop_class(ds: Dataset) -> list[Fix]:
     if not modality and str(ds.SOPClassUID) in MG_CLASSES:
         ds.Modality = "MG"
         fixes.append(Fix("modality_missing", "Modality was missing on a mammography SOP Class; set to MG.", "Modality"))
+    elif modality and modality != "MG" and str(ds.SOPClassUID) in MG_CLASSES:
+        fixes.append(_modality_to_mg(ds, modality))
     return fixes
+
+
+def _modality_to_mg(ds: Dataset, modality: str) -> Fix:
+    """A mammography SOP class with another Modality (seen: US) is a mammogram: the SOP class decides.
+
+    The SOP class is what the modality declared the object to be, and its IOD
+    requires Modality MG; a wrong Modality is a configuration slip (a shared
+    template, a mis-set export node). Left alone the image was stored and never
+    triaged. Only when the pixels cannot be a mammogram (colour: every
+    mammography IOD is greyscale) is the object refused, since then it is
+    the SOP class that is wrong and a person must say what the object is.
+    """
+    said = modality if re.fullmatch(r"[A-Z0-9_ ]{1,16}", modality) else "an unknown value"
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    photometric = str(ds.get("PhotometricInterpretation", "") or "").strip().upper()
+    if samples != 1 or photometric not in ("", "MONOCHROME1", "MONOCHROME2"):
+        raise DicomRejected(
+            "modality_contradicts_sop_class",
+            f"The SOP class is {UID(str(ds.SOPClassUID)).name} but Modality is {said} and the pixels are colour "
+            f"({photometric or samples}), which no mammogram is. Check the sending device's export settings and send it again.",
+        )
+    ds.Modality = "MG"
+    return Fix("modality_mg", f"Modality {said} contradicts the mammography SOP class ({UID(str(ds.SOPClassUID)).name}); set to MG.", "Modality")
 
 
 def _mg_class(ds: Dataset) -> UID:
@@ -138,33 +157,41 @@ def fix_monochrome1(ds: Dataset, pixels: np.ndarray | None) -> tuple[np.ndarray 
     return inverted, [Fix("monochrome1_inverted", "MONOCHROME1 image inverted to MONOCHROME2 (windows adjusted, stored uncompressed).", "PhotometricInterpretation")]
 
 
-def _text_evidence(ds: Dataset) -> str:
-    parts = [str(ds.get(k, "") or "") for k in ("SeriesDescription", "ProtocolName", "ImageComments", "StudyDescription", "AcquisitionDeviceProcessingDescription")]
-    return " ".join(parts).upper()
+def _text(value: object) -> str:
+    """A header value as one string (multi-valued joined by spaces); '' when absent."""
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple, MultiValue)):
+        return " ".join(str(v) for v in value)
+    return str(value)
 
 
-def view_from_tags(ds: Dataset) -> tuple[str, str]:
-    """(laterality, view) from ViewCodeSequence and descriptions; '' where the tags say nothing."""
-    view = ""
-    for item in ds.get("ViewCodeSequence", []) or []:
-        view = VIEW_CODES.get(str(item.get("CodeValue", "")), "")
-        if view:
-            break
-    text = _text_evidence(ds)
-    side = ""
-    for m in _VIEW_RE.finditer(text):
-        if not view:
-            view = "MLO" if m.group("view") == "OBL" else m.group("view")
-        if m.group("side") and not side:
-            side = _SIDES.get(m.group("side"), "")
-    if not side:
-        m = _SIDE_RE.search(text)
-        side = _SIDES.get(m.group(1), "") if m else ""
-    compact = re.search(r"(?<![A-Z])([LR])(CC|MLO|ML|LM|XCCL)(?![A-Z])", text)
-    if compact:
-        side = side or compact.group(1)
-        view = view or compact.group(2)
-    return side, view
+def _items(ds: Dataset, keyword: str) -> list[Dataset]:
+    seq = ds.get(keyword)
+    return [item for item in (seq or []) if isinstance(item, Dataset)]
+
+
+def _coded(items: list[Dataset]) -> tuple[views.Coded, ...]:
+    return tuple(views.Coded(_text(i.get("CodingSchemeDesignator")), _text(i.get("CodeValue")), _text(i.get("CodeMeaning"))) for i in items)
+
+
+def evidence_of(ds: Dataset) -> views.Evidence:
+    """What the dataset says about its view and side, as the plain strings ``views.read_views`` reads."""
+    frame_laterality = ""
+    for group in _items(ds, "SharedFunctionalGroupsSequence")[:1]:
+        for anatomy in _items(group, "FrameAnatomySequence")[:1]:
+            frame_laterality = _text(anatomy.get("FrameLaterality"))
+    regions = _items(ds, "AnatomicRegionSequence")
+    modifiers = [m for region in regions for m in _items(region, "AnatomicRegionModifierSequence")]
+    return views.Evidence(
+        view_position=_text(ds.get("ViewPosition")),
+        view_codes=_coded(_items(ds, "ViewCodeSequence")),
+        image_laterality=_text(ds.get("ImageLaterality")),
+        frame_laterality=frame_laterality,
+        series_laterality=_text(ds.get("Laterality")),
+        region_codes=_coded(regions + modifiers),
+        texts=tuple((kw, _text(ds.get(kw))) for kw in views.TEXT_FIELDS),
+    )
 
 
 def _otsu(img8: np.ndarray) -> int:
@@ -204,35 +231,55 @@ def side_from_pixels(pixels: np.ndarray) -> tuple[str, float]:
 
 
 def fix_mammo_view(ds: Dataset, pixels: np.ndarray | None) -> list[Fix]:
-    """Fill ImageLaterality and ViewPosition of mammograms from other tags, or the side from the pixels."""
+    """Fill ImageLaterality and ViewPosition of a mammogram from the other tags, codes and descriptions, or the side from the pixels.
+
+    The order of sources is ``views``' (tags, then codes, then text); the
+    pixels come last and give the side only. Each fix names its source, and
+    a source that disagrees with the value kept is reported too.
+    """
     if str(ds.get("Modality", "")).upper() != "MG":
         return []
+    reading = views.read_views(evidence_of(ds))
+    return _fix_laterality(ds, reading, pixels) + _fix_view(ds, reading)
+
+
+def _fix_laterality(ds: Dataset, reading: views.ViewReading, pixels: np.ndarray | None) -> list[Fix]:
     fixes: list[Fix] = []
-    side_tag, view_tag = view_from_tags(ds)
-    laterality = str(ds.get("ImageLaterality", "") or "").upper()
-    if laterality not in ("L", "R", "B", "U"):
-        series_lat = str(ds.get("Laterality", "") or "").upper()
-        if series_lat in ("L", "R"):
-            new, why = series_lat, "the series Laterality (0020,0060)"
-        elif side_tag:
-            new, why = side_tag, "the series description/protocol name"
-        elif pixels is not None:
-            new, ratio = side_from_pixels(pixels)
-            why = f"the image (tissue on the {'left' if new == 'L' else 'right'} edge, ratio {ratio:.2f})"
+    tag = _text(ds.get("ImageLaterality")).strip().upper()
+    was = "not L, R or B" if tag else "missing"
+    chosen = reading.laterality
+    if chosen is not None and chosen.source != "ImageLaterality":
+        ds.ImageLaterality = chosen.value
+        fixes.append(Fix("laterality_inferred", f"ImageLaterality={chosen.value} from {chosen.source}; the tag was {was}.", "ImageLaterality"))
+    elif chosen is None:
+        side, ratio = side_from_pixels(pixels) if pixels is not None else ("", 0.0)
+        if side:
+            ds.ImageLaterality = side
+            where = "left" if side == "L" else "right"
+            fixes.append(Fix("laterality_inferred", f"ImageLaterality={side} from the image (tissue on the {where} edge, ratio {ratio:.2f}); the tag was {was}.", "ImageLaterality"))
         else:
-            new, why = "", ""
-        if new:
-            ds.ImageLaterality = new
-            fixes.append(Fix("laterality_inferred", f"ImageLaterality was {'invalid' if laterality else 'missing'}; set to {new} from {why}.", "ImageLaterality"))
-        else:
-            fixes.append(Fix("laterality_unknown", "ImageLaterality is missing and could not be inferred; the study completes only by timeout.", "ImageLaterality"))
-    view = str(ds.get("ViewPosition", "") or "").upper().strip()
-    if view not in VIEWS:
-        if view_tag:
-            ds.ViewPosition = view_tag
-            fixes.append(Fix("view_inferred", f"ViewPosition was {'invalid' if view else 'missing'}; set to {view_tag} from the view code or descriptions.", "ViewPosition"))
-        else:
-            fixes.append(Fix("view_unknown", "ViewPosition is missing and could not be inferred; the study completes only by timeout.", "ViewPosition"))
+            fixes.append(Fix("laterality_unknown", f"ImageLaterality is {was} and could not be inferred; the study completes only by timeout.", "ImageLaterality"))
+    if chosen is not None:
+        fixes += [Fix("laterality_conflict", f"ImageLaterality={chosen.value} (from {chosen.source}) kept, but {other.source} says {other.value}: "
+                      "check the side marker and the labelling of this image.", "ImageLaterality") for other in reading.laterality_disagrees]
+    return fixes
+
+
+def _fix_view(ds: Dataset, reading: views.ViewReading) -> list[Fix]:
+    fixes: list[Fix] = []
+    tag = _text(ds.get("ViewPosition")).strip()
+    was = "not a mammography view term" if tag else "missing"
+    chosen = reading.view
+    if chosen is None:
+        return [Fix("view_unknown", f"ViewPosition is {was} and could not be inferred; the study completes only by timeout.", "ViewPosition")]
+    if chosen.source != "ViewPosition":
+        ds.ViewPosition = chosen.value
+        fixes.append(Fix("view_inferred", f"ViewPosition={chosen.value} from {chosen.source}; the tag was {was}.", "ViewPosition"))
+    elif tag != chosen.value:
+        ds.ViewPosition = chosen.value
+        fixes.append(Fix("view_normalised", f"ViewPosition rewritten as the standard term {chosen.value} (upper case; an implant-displaced view counts as its base view).", "ViewPosition"))
+    fixes += [Fix("view_conflict", f"ViewPosition={chosen.value} (from {chosen.source}) kept, but {other.source} says {other.value}: "
+                  "check the labelling of this image.", "ViewPosition") for other in reading.view_disagrees]
     return fixes
 
 

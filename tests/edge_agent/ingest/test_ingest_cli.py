@@ -61,7 +61,7 @@ def test_text_output_names_outcomes_and_fixes(home, tmp_path, capsys, study):
     code = main(["ingest", str(path)])
     out = capsys.readouterr().out
     assert code == EXIT_OK
-    assert out.startswith("fixed") and "ImageLaterality was missing; set to R" in out
+    assert out.startswith("fixed") and "ImageLaterality=R from SeriesDescription; the tag was missing." in out
 
 
 def test_deid_writes_deidentified_files_named_by_new_uids(home, tmp_path, capsys, study):
