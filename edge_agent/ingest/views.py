@@ -34,7 +34,8 @@ the CC or MLO, not instead of it: counting it would close the study on the
 supplementary view and triage it before the real CC arrived. Such views are
 stored under their own name, and a study that has them but lacks a screening
 view completes by timeout. An implant-displaced view ("CC ID", "RMLOID") is
-its base view.
+its base view. View modifiers (spot compression, magnification, rolled)
+do not change the view: a spot CC is stored as CC.
 """
 
 from __future__ import annotations
