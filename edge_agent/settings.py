@@ -19,9 +19,10 @@ import os
 import tomllib
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from edge_agent.errors import SettingsError
 
@@ -42,6 +43,16 @@ def _positive(v: Any) -> bool:
 
 def _port(v: int) -> bool:
     return 0 <= v <= 65535
+
+
+def _dicom_peers(v: str) -> bool:
+    from edge_agent.ingest.peers import parse_peers  # late: settings must not pull the ingest package in at import
+
+    try:
+        parse_peers(v)
+    except SettingsError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -101,6 +112,21 @@ class Settings:
     dicom_host: str = setting("0.0.0.0", "Address the DICOM receiver listens on (0.0.0.0 = every interface, so the modality can reach it).")
     dicom_port: int = setting(11112, "TCP port of the DICOM receiver (11112 is the registered DICOM port).", check=_port, fix="a TCP port 0-65535")
     dicom_require_called_ae: bool = setting(True, "Refuse associations whose Called AE Title is not dicom_ae_title (catches a mis-configured modality).")
+    dicom_peers: str = setting(
+        "",
+        "Modalities allowed to open an association, as Orthanc's DicomModalities: a comma-separated list of AE_TITLE@address "
+        "(address: an IP or a network such as 10.0.5.0/24; AE_TITLE@* for any address, *@address for any title from that address, "
+        "* for anyone, which is logged as a warning). Refused associations are logged with the calling AE title and address. "
+        "Env MAMMO_DICOM_PEERS.",
+        check=_dicom_peers, fix="a comma-separated list of AE_TITLE@address, AE_TITLE@*, *@address or *, e.g. MAMMO_UNIT@10.0.5.21",
+    )
+    dicom_allow_loopback: bool = setting(True, "Also accept any AE title from this machine (127.0.0.0/8, ::1), so the box's own tools and benchmarks can send without being listed in dicom_peers.")
+    dicom_max_associations: int = setting(10, "Most connections the DICOM receiver serves at once (associations and connections still negotiating); more are closed at once.", check=_positive, fix="an integer >= 1")
+    dicom_max_associations_per_peer: int = setting(4, "Most connections one calling address may hold at once, so idle or stuck connections from one host cannot lock out the others.", check=_positive, fix="an integer >= 1")
+    dicom_acse_timeout_s: float = setting(10.0, "Seconds a new connection may take to send its association request (and to answer a release) before it is closed.", check=_positive, fix="a number of seconds > 0")
+    dicom_network_timeout_s: float = setting(60.0, "Seconds an association may stay silent before it is aborted; keep it above ingest_timeout_s, since the modality waits silently while a file is ingested.", check=_positive, fix="a number of seconds > 0")
+    dicom_dimse_timeout_s: float = setting(30.0, "Seconds the receiver waits for the next part of a DIMSE message (C-STORE, C-ECHO) on an association.", check=_positive, fix="a number of seconds > 0")
+    dicom_max_pdu_bytes: int = setting(1_048_576, "Largest PDU the receiver accepts, announced to the modality (DICOM's 'maximum length'); the receiver holds about one PDU per association in memory, datasets go to a spool file.", check=lambda v: 4096 <= v < 2**32, fix="an integer number of bytes from 4096 to 4294967295")
     ingest_drop_folder: Path | None = setting(None, "Folder watched for DICOM files (USB import, network share); empty means $MAMMO_HOME/drop. Files are deleted once safely stored or quarantined.")
     ingest_drop_poll_s: float = setting(2.0, "Polling interval in seconds of the drop folder when file-system events are unavailable, and how long a file must stay unchanged before it is read.", check=_positive, fix="a number of seconds > 0")
     ingest_max_file_bytes: int = setting(1_073_741_824, "Largest DICOM file accepted, in bytes; bigger files are quarantined unread.", check=_positive, fix="an integer number of bytes > 0")
@@ -123,6 +149,11 @@ class Settings:
         return self.home / "box.sqlite3"
 
     @property
+    def dicom_spool_dir(self) -> Path:
+        """Where the DICOM receiver writes each incoming dataset while it arrives (0700); emptied at start."""
+        return self.home / "spool"
+
+    @property
     def keystore_path(self) -> Path:
         return self.home / "keystore.json"
 
@@ -135,7 +166,7 @@ class Settings:
         return self.home / "logs"
 
     @classmethod
-    def load(cls, config: Path | None = None, env: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
+    def load(cls, config: Path | None = None, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Defaults < TOML < environment < explicit overrides; raises SettingsError naming the field."""
         env = os.environ if env is None else env
         values: dict[str, Any] = {}
@@ -152,7 +183,7 @@ class Settings:
         return cls.from_mapping(values, source=str(config))
 
     @classmethod
-    def from_mapping(cls, values: Mapping[str, Any], source: str = "settings") -> "Settings":
+    def from_mapping(cls, values: Mapping[str, Any], source: str = "settings") -> Settings:
         known = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - set(known))
         if unknown:

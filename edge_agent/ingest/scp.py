@@ -1,20 +1,51 @@
 """The DICOM network receiver: a C-STORE / C-ECHO SCP so a mammography unit can push studies to the box.
 
-Every received object goes through ``IngestService.ingest_bytes``. A
-quarantined object was kept, so the modality is told Success (it must not
-resend a file that will be refused again); only a box-level failure (disk
-full, database unusable) answers "out of resources" so the modality retries
-later.
+Bounded, because a modality (or anything else on the clinic network) can
+send any amount of data over any number of connections:
+
+- Each incoming dataset is written to a spool file under ``$MAMMO_HOME/spool``
+  while it arrives (pynetdicom's ``STORE_RECV_CHUNKED_DATASET``), never held
+  whole in memory; the daemon holds about one PDU (``dicom_max_pdu_bytes``)
+  per association.  The spool file goes to ``IngestService.ingest_path`` and
+  is deleted afterwards.
+- A dataset that passes ``ingest_max_file_bytes`` while arriving aborts its
+  association at once; what arrived is quarantined as too large (a person
+  sees which image was refused) and the abort is logged.
+- At most ``dicom_max_associations`` connections, and
+  ``dicom_max_associations_per_peer`` from one address, are served at once;
+  a connection that sends no association request within
+  ``dicom_acse_timeout_s`` is closed.  Idle connections from one host can no
+  longer lock the modalities out.
+- Only known peers (``dicom_peers``, see ``peers``) may associate; a refusal
+  is logged with the calling AE title and address.
+
+Every received object goes through the ingest service.  A quarantined
+object was kept, so the modality is told Success (it must not resend a file
+that will be refused again); only a box-level failure (disk full, database
+unusable) answers "out of resources" so the modality retries later.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import re
+import tempfile
+import threading
+import time
+import weakref
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, cast
 
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
-from pynetdicom.sop_class import Verification
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, dimse_messages, evt
+from pynetdicom.association import Association
+from pynetdicom.events import Event
+from pynetdicom.transport import ThreadedAssociationServer
 
 from edge_agent.errors import MammoError, StorageFull
+from edge_agent.ingest import peers as peer_rules
+from edge_agent.ingest.scp_limits import DatasetMeter, refuse_connection
 from edge_agent.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -22,31 +53,285 @@ log = logging.getLogger(__name__)
 STATUS_SUCCESS = 0x0000
 STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_PROCESSING_FAILURE = 0xC000
+VERIFICATION = "1.2.840.10008.1.1"  # the Verification SOP class (C-ECHO)
+# A-ASSOCIATE-RJ: rejected permanent, by the service user, calling AE title not recognised (PS3.8 9.3.4)
+_REJECT_UNKNOWN_CALLING_AE = (0x01, 0x01, 0x03)
+_LOG_REFUSED_EVERY_S = 60.0  # one log line per refused address and minute: a flood must not flood the log too
+
+
+@dataclass
+class _Inbound:
+    """What the receiver tracks for one association: its dataset meter and its spool files."""
+
+    calling: str
+    address: str
+    meter: DatasetMeter
+    files: list[Any] = field(default_factory=list)  # the open NamedTemporaryFile objects pynetdicom writes to
+    claimed: set[str] = field(default_factory=set)  # spool paths a C-STORE handler is ingesting right now
+    oversize: bool = False
+
+
+class _ReceiverAE(AE):
+    """The AE knows its receiver so the spool-file factory (called deep inside pynetdicom) can find the spool."""
+
+    receiver: DicomReceiver | None = None
+
+
+class _BoundedServer(ThreadedAssociationServer):
+    """pynetdicom's server, refusing connections over the total and per-address limits before serving them.
+
+    ``process_request`` starts the association thread before the next
+    connection is accepted (instead of from a helper thread), so counting the
+    live association threads in ``verify_request`` sees every admitted one.
+    """
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        receiver = self.ae.receiver  # type: ignore[attr-defined]
+        return receiver is None or receiver._admit(str(client_address[0]))
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        try:
+            self.finish_request(request, client_address)
+        except Exception:
+            self.handle_error(request, client_address)
+            self.shutdown_request(request)
+
+
+def _spool_tempfile(*args: Any, **kwargs: Any) -> Any:
+    """Stands in for ``tempfile.NamedTemporaryFile`` inside pynetdicom: our associations spool under MAMMO_HOME.
+
+    pynetdicom has no setting for where a chunked dataset goes, and the
+    system temp folder may be a RAM disk (tmpfs), which would defeat the
+    spool.  It calls this from the association's DUL thread, which names the
+    association; associations of any other AE get the library's default.
+    """
+    thread = threading.current_thread()
+    assoc = thread if isinstance(thread, Association) else getattr(thread, "assoc", None)
+    receiver = getattr(getattr(assoc, "ae", None), "receiver", None)
+    if receiver is None or assoc is None:
+        return tempfile.NamedTemporaryFile(*args, **kwargs)
+    return receiver._open_spool(assoc, **kwargs)
+
+
+def _install_spool() -> None:
+    _config.STORE_RECV_CHUNKED_DATASET = True  # write each received dataset to a file, never to memory
+    if getattr(dimse_messages, "NamedTemporaryFile", None) is not _spool_tempfile:
+        dimse_messages.NamedTemporaryFile = _spool_tempfile  # type: ignore[attr-defined]
 
 
 class DicomReceiver:
-    def __init__(self, service, settings: Settings, *, host: str | None = None, port: int | None = None) -> None:
+    def __init__(self, service: Any, settings: Settings, *, host: str | None = None, port: int | None = None) -> None:
         self.service = service
+        self.settings = settings
         self.ae_title = settings.dicom_ae_title
         self.host = settings.dicom_host if host is None else host
         self.port = settings.dicom_port if port is None else port
         self.require_called_ae = settings.dicom_require_called_ae
-        self._server = None
+        self.peers = peer_rules.parse_peers(settings.dicom_peers)
+        self.spool_dir = settings.dicom_spool_dir
+        self.aborted: list[tuple[str, str, int]] = []  # (calling AE, address, bytes received) of size aborts, newest last
+        self._server: _BoundedServer | None = None
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._inbound: weakref.WeakKeyDictionary[Association, _Inbound] = weakref.WeakKeyDictionary()
+        self._refused_logged: dict[str, float] = {}
 
-    def _ae(self) -> AE:
-        ae = AE(ae_title=self.ae_title)
+    def _ae(self) -> _ReceiverAE:
+        ae = _ReceiverAE(ae_title=self.ae_title)
         for cx in AllStoragePresentationContexts:
-            ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
-        ae.add_supported_context(Verification)
+            ae.add_supported_context(cast(str, cx.abstract_syntax), ALL_TRANSFER_SYNTAXES)
+        ae.add_supported_context(VERIFICATION)
         ae.require_called_aet = self.require_called_ae
-        ae.maximum_pdu_size = 0  # no limit on what the modality may send per PDU
+        s = self.settings
+        ae.maximum_pdu_size = s.dicom_max_pdu_bytes
+        ae.maximum_associations = s.dicom_max_associations
+        ae.acse_timeout = s.dicom_acse_timeout_s
+        ae.network_timeout = s.dicom_network_timeout_s
+        ae.dimse_timeout = s.dicom_dimse_timeout_s
+        ae.receiver = self
         return ae
 
-    def _on_store(self, event) -> int:
-        calling = event.assoc.requestor.ae_title.strip() if event.assoc else "unknown"
+    # -- lifecycle ------------------------------------------------------------------------------
+    def start(self) -> int:
+        """Start listening in the background; returns the bound port (useful with port 0)."""
+        self._prepare_spool()
+        _install_spool()
+        self._log_peer_policy()
+        handlers: list[Any] = [
+            (evt.EVT_REQUESTED, self._on_requested),
+            (evt.EVT_REJECTED, self._on_rejected),
+            (evt.EVT_DATA_RECV, self._on_data),
+            (evt.EVT_CONN_CLOSE, self._on_conn_close),
+            (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_C_ECHO, _on_echo),
+        ]
+        ae = self._ae()
+        server = cast(_BoundedServer, ae.make_server((self.host, self.port), evt_handlers=handlers, server_class=_BoundedServer))
+        ae._servers.append(server)  # pynetdicom's shutdown() removes the server from this list
+        self._server = server
+        self._thread = threading.Thread(target=server.serve_forever, name="dicom-receiver", daemon=True)
+        self._thread.start()
+        self.port = server.server_address[1]
+        log.info("DICOM receiver %s listening on %s:%d", self.ae_title, self.host, self.port)
+        return self.port
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+        self._reap_finished()
+
+    def _prepare_spool(self) -> None:
+        """Create the spool folder (0700: images of patients) and drop what a killed daemon left in it."""
+        self.spool_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.spool_dir, 0o700)
+        stale = [p for p in self.spool_dir.iterdir() if p.is_file()]
+        for p in stale:
+            p.unlink(missing_ok=True)
+        if stale:
+            log.warning("removed %d partial DICOM transfer(s) left in %s by an earlier run; the modality resends what it was not told was stored", len(stale), self.spool_dir)
+
+    def _log_peer_policy(self) -> None:
+        if peer_rules.open_to_anyone(self.peers):
+            log.warning("dicom_peers contains '*': any host that knows the AE title %s may store images. Fix: list the clinic's modalities as AE_TITLE@address.", self.ae_title)
+        elif not self.peers and not self.settings.dicom_allow_loopback:
+            log.warning("dicom_peers is empty and dicom_allow_loopback is off: the DICOM receiver refuses everyone. Fix: list the modalities in dicom_peers.")
+        elif not self.peers:
+            log.info("DICOM receiver accepts only this machine; list the modalities in dicom_peers (AE_TITLE@address) to receive from them")
+        else:
+            log.info("DICOM receiver accepts %s%s", ", ".join(map(str, self.peers)), " and this machine" if self.settings.dicom_allow_loopback else "")
+
+    # -- connections and associations -------------------------------------------------------------
+    def _admit(self, address: str) -> bool:
+        """Called by the server for each new TCP connection, before any thread is started for it."""
+        self._reap_finished()
+        live = [a.requestor.address for a in threading.enumerate() if isinstance(a, Association) and a.is_acceptor and getattr(a.ae, "receiver", None) is self]
+        reason = refuse_connection(address, live, max_total=self.settings.dicom_max_associations, max_per_peer=self.settings.dicom_max_associations_per_peer)
+        if reason is None:
+            return True
+        now = time.monotonic()
+        if now - self._refused_logged.get(address, -_LOG_REFUSED_EVERY_S) >= _LOG_REFUSED_EVERY_S:
+            self._refused_logged[address] = now
+            log.warning("DICOM connection from %s closed: %s. It may retry once a connection ends.", address, reason)
+        return False
+
+    def _on_requested(self, event: Event) -> None:
+        """Refuse an association from an unknown peer before negotiating anything."""
+        assoc = event.assoc
+        calling, _ = _titles(assoc)
+        address = assoc.requestor.address
+        if peer_rules.is_allowed(self.peers, calling, address, allow_loopback=self.settings.dicom_allow_loopback):
+            return
+        log.warning(
+            "DICOM association refused: calling AE %r from %s is not a known peer. "
+            "Fix: add %s@%s to dicom_peers (env MAMMO_DICOM_PEERS) if it is one of the clinic's modalities.",
+            calling, address, _escaped(calling), address,
+        )
+        assoc.acse.send_reject(*_REJECT_UNKNOWN_CALLING_AE)
+        assoc.kill()  # as pynetdicom does after its own rejections: lets the DUL send the A-ASSOCIATE-RJ before the socket closes
+
+    def _on_rejected(self, event: Event) -> None:
+        """pynetdicom refused the association (wrong called AE title, no common presentation context)."""
+        assoc = event.assoc
+        calling, called = _titles(assoc)
+        rj = assoc.acceptor.primitive
+        log.warning(
+            "DICOM association refused: calling AE %r from %s, called AE %r (%s)",
+            calling, assoc.requestor.address, called, rj.reason_str if rj is not None else "rejected",
+        )
+
+    def _state(self, assoc: Association) -> _Inbound:
+        with self._lock:
+            state = self._inbound.get(assoc)
+            if state is None:
+                calling = str(assoc.requestor.ae_title or "").strip() or "unknown"
+                state = _Inbound(calling, assoc.requestor.address, DatasetMeter(self.settings.ingest_max_file_bytes))
+                self._inbound[assoc] = state
+            return state
+
+    def _on_data(self, event: Event) -> None:
+        """Every PDU, before pynetdicom decodes it: abort the association once its dataset passes the size limit."""
+        if event.data[:1] != b"\x04":  # only P-DATA-TF carries datasets (the first PDU comes before any state)
+            return
+        state = self._state(event.assoc)
+        if state.oversize:
+            return
+        if state.meter.feed(event.data):
+            state.oversize = True
+            with self._lock:
+                self.aborted.append((state.calling, state.address, state.meter.received))
+            log.error(
+                "C-STORE from %s (%s) aborted after %d bytes: the dataset is larger than ingest_max_file_bytes=%d. "
+                "Fix: raise ingest_max_file_bytes if such images are expected, or check the modality's export settings.",
+                state.calling, state.address, state.meter.received, state.meter.limit,
+            )
+            # Not blocking: this runs in the association's own network thread. pynetdicom still writes this
+            # PDU (so the spool file is over the limit) and then ignores everything after the A-ABORT.
+            event.assoc.abort(block=False)
+
+    def _open_spool(self, assoc: Association, **kwargs: Any) -> Any:
+        state = self._state(assoc)
+        kwargs.update(dir=self.spool_dir, prefix=f"cstore-{_safe(state.calling)}-")
+        f = tempfile.NamedTemporaryFile(**kwargs)
+        with self._lock:
+            state.files = [g for g in state.files if not g.closed] + [f]
+        return f
+
+    def _on_conn_close(self, event: Event) -> None:
+        self._reap(event.assoc)
+
+    def _reap_finished(self) -> None:
+        """Clean up after associations whose threads ended without a connection-closed event."""
+        with self._lock:
+            done = [a for a in self._inbound if not a.is_alive() and not a.dul.is_alive()]
+        for assoc in done:
+            self._reap(assoc)
+
+    def _reap(self, assoc: Association) -> None:
+        """Delete what an ended association left in the spool; quarantine the head of an aborted oversized dataset."""
+        with self._lock:
+            state = self._inbound.pop(assoc, None)
+        if state is None:
+            return
+        for f in state.files:
+            path = Path(f.name)
+            with self._lock:
+                if str(path) in state.claimed:
+                    continue  # a C-STORE handler is ingesting it and deletes it when done
+            f.close()
+            if not path.exists():
+                continue
+            try:
+                if state.oversize:
+                    self.service.ingest_path(path, source=f"scp:{state.calling}")  # above the limit: quarantined unread
+                else:
+                    log.warning("incomplete C-STORE from %s (%s) discarded: the association ended mid-transfer; the modality resends it", state.calling, state.address)
+            except MammoError as exc:
+                log.error("could not quarantine the aborted C-STORE from %s: %s", state.calling, exc)
+            finally:
+                path.unlink(missing_ok=True)
+
+    # -- services --------------------------------------------------------------------------------
+    def _on_store(self, event: Event) -> int:
+        assoc = event.assoc
+        calling = assoc.requestor.ae_title.strip() if assoc else "unknown"
+        source = f"scp:{calling}"
         try:
-            data = event.encoded_dataset(include_meta=True)
-            result = self.service.ingest_bytes(data, source=f"scp:{calling}", label=f"C-STORE from {calling}")
+            path = event.dataset_path  # the spool file; None only if something in the process turned spooling off
+        except AttributeError:
+            path = None
+        state = self._state(assoc) if path is not None else None
+        if state is not None:
+            with self._lock:
+                state.claimed.add(str(path))
+        try:
+            if path is None:
+                result = self.service.ingest_bytes(event.encoded_dataset(include_meta=True), source=source, label=f"C-STORE from {calling}")
+            else:
+                result = self.service.ingest_path(Path(path), source=source)
         except StorageFull:
             log.error("C-STORE from %s refused: storage full", calling)
             return STATUS_OUT_OF_RESOURCES
@@ -56,17 +341,32 @@ class DicomReceiver:
         except Exception as exc:
             log.error("C-STORE from %s failed unexpectedly (%s)", calling, type(exc).__name__)
             return STATUS_PROCESSING_FAILURE
+        finally:
+            if path is not None:
+                Path(path).unlink(missing_ok=True)
+                if state is not None:
+                    with self._lock:
+                        state.claimed.discard(str(path))
         return STATUS_SUCCESS if result.kept else STATUS_PROCESSING_FAILURE
 
-    def start(self) -> int:
-        """Start listening in the background; returns the bound port (useful with port 0)."""
-        handlers = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_C_ECHO, lambda event: STATUS_SUCCESS)]
-        self._server = self._ae().start_server((self.host, self.port), block=False, evt_handlers=handlers)
-        self.port = self._server.server_address[1]
-        log.info("DICOM receiver %s listening on %s:%d", self.ae_title, self.host, self.port)
-        return self.port
 
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server = None
+def _titles(assoc: Association) -> tuple[str, str]:
+    """Calling and called AE titles of an association request, as sent (the peer chooses them)."""
+    rq = assoc.requestor.primitive
+    if rq is None:
+        return "", ""
+    return str(rq.calling_ae_title).strip(), str(rq.called_ae_title).strip()
+
+
+def _escaped(text: str) -> str:
+    """Peer-chosen text made safe for one log line."""
+    return text.encode("unicode_escape").decode("ascii")
+
+
+def _on_echo(event: Event) -> int:
+    return STATUS_SUCCESS
+
+
+def _safe(ae_title: str) -> str:
+    """An AE title as a file-name fragment (it labels the spool file, and so the ingest record)."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", ae_title)[:16] or "unknown"
