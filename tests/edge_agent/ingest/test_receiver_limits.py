@@ -281,3 +281,64 @@ def test_loopback_is_allowed_by_default_and_anyone_is_a_warning(rig_factory, tmp
     caplog.set_level(logging.WARNING)
     start_receiver(rig.service, Settings.load(env={"MAMMO_HOME": str(tmp_path / "home"), "MAMMO_DICOM_PEERS": "*"}))
     assert "dicom_peers contains '*'" in caplog.text
+
+
+# -- memory: a daemon-like process, measured by its own peak RSS (no timing involved) ----------------
+_RECEIVER_PROCESS = r"""
+import json, resource, sys
+from edge_agent.ingest.scp import DicomReceiver
+from edge_agent.settings import Settings
+
+class Kept:
+    kept = True
+
+class SizeOnly:
+    # Stands in for the ingest service: notes what arrived without reading it, so only the receiver's memory counts.
+    sizes = []
+    def ingest_path(self, path, *, source, label=None):
+        self.sizes.append(path.stat().st_size)
+        return Kept()
+    def ingest_bytes(self, data, *, source, label=""):
+        self.sizes.append(len(data))
+        return Kept()
+
+service = SizeOnly()
+receiver = DicomReceiver(service, Settings.load(env={"MAMMO_HOME": sys.argv[1]}), host="127.0.0.1", port=0)
+print(receiver.start(), flush=True)
+for line in sys.stdin:
+    if line.strip() == "report":
+        print(json.dumps({"maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "sizes": service.sizes}), flush=True)
+receiver.stop()
+"""
+
+
+def test_a_large_c_store_is_not_held_in_the_receivers_memory(tmp_path, study):
+    import json
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[3]
+    proc = subprocess.Popen([sys.executable, "-c", _RECEIVER_PROCESS, str(tmp_path / "home")], cwd=root,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        port = int(proc.stdout.readline())
+
+        def send(ds) -> dict:
+            assoc = _modality().associate("127.0.0.1", port, ae_title="MAMMO_EDGE")
+            assert assoc.send_c_store(ds).Status == 0x0000
+            assoc.release()
+            proc.stdin.write("report\n")
+            proc.stdin.flush()
+            return json.loads(proc.stdout.readline())
+
+        warm = send(study[0])  # threads, imports and first-use allocations are not the dataset's
+        big = mg.mammogram(np.full((4096, 8192), 1000, dtype=np.uint16), patient=mg.TURKISH_PATIENTS[2], laterality="R", view="MLO")
+        after = send(big)
+        assert after["sizes"][-1] > 64 * 2**20  # the whole 64 MiB dataset arrived (in the spool file)
+        grew_mib = (after["maxrss_kib"] - warm["maxrss_kib"]) / 1024
+        print(f"receiver peak RSS grew {grew_mib:.1f} MiB for a 64 MiB C-STORE")
+        assert grew_mib < 24, f"receiver peak memory grew by {grew_mib:.0f} MiB for a 64 MiB dataset"
+    finally:
+        proc.stdin.close()
+        proc.wait(timeout=30)
+        proc.stdout.close()
