@@ -19,6 +19,7 @@ one of these where they enter our code.
      ├── ModelError             a model release cannot be loaded, verified or run
      └── KioskError             the family doctor's kiosk refused a request
           ├── AuthError         sign-in failed, the session expired, or the account is locked
+          │    └── TooManyAttempts  too many failed sign-ins from one address or for one name: wait
           ├── CsrfError         a form arrived without its anti-forgery token, or with a forged one
           ├── PermissionDenied  the signed-in role may not do this
           ├── NotFound          no study, view or user with that id
@@ -98,6 +99,16 @@ class AuthError(KioskError):
     """Wrong user name or password, an expired session, or a locked account: sign in again."""
 
     status_code = 401
+
+
+class TooManyAttempts(AuthError):
+    """Too many failed sign-ins from this address or for this user name: wait ``retry_after_s`` seconds, then try again."""
+
+    status_code = 429
+
+    def __init__(self, message_key: str, detail: str = "", *, retry_after_s: float = 60.0) -> None:
+        super().__init__(message_key, detail)
+        self.retry_after_s = retry_after_s
 
 
 class CsrfError(KioskError):

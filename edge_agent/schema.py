@@ -193,6 +193,33 @@ KIOSK = [
     CREATE INDEX ingest_studies_first_seen ON ingest_studies (first_seen);
     CREATE INDEX infer_results_triage ON infer_results (triage);
     """,
+    # 2: failed sign-ins counted per typed name (a made-up name locks like a real one, so answers reveal no names),
+    #    token buckets limiting failed sign-ins per client address and per name (shared by every process), and
+    #    indexes for the audit view's filters. The lock state moves out of kiosk_users, live locks with it.
+    """
+    CREATE TABLE kiosk_signin_lockouts (
+        name TEXT PRIMARY KEY COLLATE NOCASE,
+        failed_count INTEGER NOT NULL,
+        locked_until REAL,
+        updated_at REAL NOT NULL
+    );
+    CREATE INDEX kiosk_signin_lockouts_updated ON kiosk_signin_lockouts (updated_at);
+    INSERT INTO kiosk_signin_lockouts (name, failed_count, locked_until, updated_at)
+        SELECT username, failed_count, locked_until, CAST(strftime('%s', 'now') AS REAL) FROM kiosk_users
+        WHERE failed_count > 0 OR locked_until IS NOT NULL;
+    ALTER TABLE kiosk_users DROP COLUMN failed_count;
+    ALTER TABLE kiosk_users DROP COLUMN locked_until;
+    CREATE TABLE kiosk_signin_buckets (
+        key TEXT PRIMARY KEY,
+        tokens REAL NOT NULL,
+        at REAL NOT NULL,
+        refused_noted_at REAL
+    );
+    CREATE INDEX kiosk_signin_buckets_at ON kiosk_signin_buckets (at);
+    CREATE INDEX kiosk_audit_user ON kiosk_audit (username COLLATE NOCASE, id);
+    CREATE INDEX kiosk_audit_action ON kiosk_audit (action, id);
+    CREATE INDEX kiosk_audit_at ON kiosk_audit (at);
+    """,
 ]
 
 MIGRATIONS: dict[str, list[str]] = {

@@ -4,15 +4,34 @@ One file under ``MAMMO_HOME`` holds queues and records.  It runs in WAL mode
 with ``synchronous=FULL`` so a committed transaction survives a power cut.
 A file that is not ours (another application's database, or bytes that are
 not SQLite at all) is refused before anything is written to it.
+
+Several processes share the file (the daemon, each CLI command), and SQLite
+coordinates them with POSIX locks, which belong to the *process*: closing any
+descriptor of the file drops every lock the process holds, and another
+process that then closes its connection believes it is the last user,
+checkpoints and deletes the WAL the first one still writes to (SQLite's "How
+To Corrupt An SQLite Database File", section 2.2).  So nothing but SQLite ever
+opens the live file: the header check below asks SQLite itself.
+
+Connections: one per component, each opened through :func:`open_database`.
+The daemon keeps one for ingest and start-up (``Box.db``), one for the
+kiosk and one per inference worker; a CLI command keeps one.  Threads of a
+component may share its connection, and take turns on it: a connection
+carries a lock (``conn.turn``) that every statement takes and that
+:func:`transaction` holds from BEGIN to COMMIT, so no two threads ever use
+one connection at once, and no thread runs inside, or reads the uncommitted
+rows of, another thread's transaction.
 """
 
 from __future__ import annotations
 
 import contextlib
 import sqlite3
+import threading
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterator
+from typing import Any
 
 import sqlite_utils
 
@@ -20,8 +39,58 @@ from edge_agent.errors import DatabaseRefused, StorageFull, StoreError
 from edge_agent.schema import MIGRATIONS
 
 APPLICATION_ID = 0x4D414D4D  # "MAMM"
-SQLITE_MAGIC = b"SQLite format 3\x00"
 BUSY_TIMEOUT_MS = 10_000
+
+
+class _Cursor(sqlite3.Cursor):
+    """Steps its statement only during its connection's turn."""
+
+    connection: _Connection
+
+    def execute(self, sql: str, parameters: Any = (), /) -> _Cursor:
+        with self.connection.turn:
+            return super().execute(sql, parameters)
+
+    def executemany(self, sql: str, seq_of_parameters: Iterable[Any], /) -> _Cursor:
+        with self.connection.turn:
+            return super().executemany(sql, seq_of_parameters)
+
+    def fetchone(self) -> Any:
+        with self.connection.turn:
+            return super().fetchone()
+
+    def fetchmany(self, size: int | None = None) -> list[Any]:
+        with self.connection.turn:
+            return super().fetchmany(self.arraysize if size is None else size)
+
+    def fetchall(self) -> list[Any]:
+        with self.connection.turn:
+            return super().fetchall()
+
+    def __next__(self) -> Any:
+        with self.connection.turn:
+            return super().__next__()
+
+
+class _Connection(sqlite3.Connection):
+    """A connection the threads of one component take turns on (see the module docstring)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.turn = threading.RLock()
+
+    def cursor(self, factory: Any = None) -> Any:
+        return super().cursor(factory or _Cursor)
+
+    def execute(self, sql: str, parameters: Any = (), /) -> Any:
+        return self.cursor().execute(sql, parameters)
+
+    def executemany(self, sql: str, seq_of_parameters: Iterable[Any], /) -> Any:
+        return self.cursor().executemany(sql, seq_of_parameters)
+
+    def executescript(self, script: str, /) -> Any:
+        with self.turn:
+            return super().executescript(script)
 
 
 def open_database(path: Path | str, *, max_size_mb: int = 0, migrate: bool = True) -> sqlite_utils.Database:
@@ -29,9 +98,9 @@ def open_database(path: Path | str, *, max_size_mb: int = 0, migrate: bool = Tru
     path = Path(path) if path != ":memory:" else path
     if isinstance(path, Path):
         path.parent.mkdir(parents=True, exist_ok=True)
-        _refuse_non_sqlite(path)
     try:
-        conn = sqlite3.connect(str(path), isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
+        conn = sqlite3.connect(str(path), isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False,
+                               factory=_Connection)
     except sqlite3.Error as exc:
         raise StoreError(f"Cannot open database {path}: {exc}. Check the path and its permissions.") from exc
     try:
@@ -52,19 +121,19 @@ def open_database(path: Path | str, *, max_size_mb: int = 0, migrate: bool = Tru
         raise
 
 
-def _refuse_non_sqlite(path: Path) -> None:
-    if not path.exists() or path.stat().st_size == 0:
-        return
-    with path.open("rb") as fh:
-        head = fh.read(len(SQLITE_MAGIC))
-    if head != SQLITE_MAGIC:
-        raise DatabaseRefused(
-            f"{path} is not an SQLite database (corrupt or a different file). It was left untouched. "
-            "Fix: move it aside and restore from backup, or point MAMMO_HOME at another directory."
-        )
-
-
 def _check_ownership(conn: sqlite3.Connection, path: object) -> None:
+    """Refuse a file that is not SQLite, not ours, or damaged, having only read it (through SQLite, never open())."""
+    try:
+        conn.execute("PRAGMA schema_version").fetchone()  # reads the header: SQLITE_NOTADB for anything else
+    except sqlite3.OperationalError as exc:  # locked, unreadable: nothing wrong with the file itself
+        raise translate(exc) from exc
+    except sqlite3.DatabaseError as exc:
+        if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_NOTADB:
+            raise DatabaseRefused(
+                f"{path} is not an SQLite database (corrupt or a different file). It was left untouched. "
+                "Fix: move it aside and restore from backup, or point MAMMO_HOME at another directory."
+            ) from exc
+        raise DatabaseRefused(f"{path} is corrupt ({exc}). It was left untouched. Fix: restore it from backup.") from exc
     try:
         app_id = conn.execute("PRAGMA application_id").fetchone()[0]
         tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
@@ -120,21 +189,22 @@ def _statements(script: str) -> list[str]:
 
 @contextlib.contextmanager
 def transaction(db: sqlite_utils.Database, *, immediate: bool = True) -> Iterator[sqlite_utils.Database]:
-    """One write transaction; translates SQLite's full-disk errors into StorageFull."""
+    """One write transaction, during which no other thread may use the connection; translates full-disk errors into StorageFull."""
     conn = db.conn
-    try:
-        conn.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
-    except sqlite3.OperationalError as exc:
-        raise translate(exc) from exc
-    try:
-        yield db
-        conn.execute("COMMIT")
-    except BaseException as exc:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        if isinstance(exc, sqlite3.Error):
+    with getattr(conn, "turn", contextlib.nullcontext()):  # this thread's turn on the connection, BEGIN to COMMIT
+        try:
+            conn.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
+        except sqlite3.OperationalError as exc:
             raise translate(exc) from exc
-        raise
+        try:
+            yield db
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.Error):
+                raise translate(exc) from exc
+            raise
 
 
 def translate(exc: sqlite3.Error) -> Exception:
@@ -152,4 +222,4 @@ def translate(exc: sqlite3.Error) -> Exception:
 
 
 def integrity_ok(db: sqlite_utils.Database) -> bool:
-    return db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    return bool(db.execute("PRAGMA integrity_check").fetchone()[0] == "ok")

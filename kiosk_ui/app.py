@@ -18,18 +18,28 @@ from urllib.parse import quote
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from litestar import Litestar, Request, Response, get, post
 from litestar.datastructures import Cookie, UploadFile
-from litestar.exceptions import HTTPException
+from litestar.exceptions import HTTPException, NotFoundException
 from litestar.params import FromPath
 from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.response import Redirect, Template
 from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
 
-from edge_agent.errors import AuthError, CsrfError, IntegrityError, KioskError, NotFound, PermissionDenied, StoreError, UploadRejected
+from edge_agent.errors import (
+    AuthError,
+    CsrfError,
+    IntegrityError,
+    KioskError,
+    NotFound,
+    PermissionDenied,
+    StoreError,
+    TooManyAttempts,
+    UploadRejected,
+)
 from edge_agent.settings import Settings
-from kiosk_ui import auth, referral
+from kiosk_ui import auth, referral, throttle
 from kiosk_ui.i18n import LANGUAGES, catalog, person_name, pick_language, upper
-from kiosk_ui.records import BIRADS, DENSITIES, STATUSES, TRIAGES, FeedbackInput, Session, WorklistQuery
+from kiosk_ui.records import BIRADS, DENSITIES, STATUSES, TRIAGES, AuditQuery, FeedbackInput, Session, WorklistQuery
 from kiosk_ui.services import KioskServices
 
 log = logging.getLogger(__name__)
@@ -50,6 +60,16 @@ def _services(request: Request) -> KioskServices:
 def _q(request: Request, name: str) -> str:
     """A query parameter as text ("" when absent), capped so a huge one cannot cost anything."""
     return str(request.query_params.get(name, ""))[:512]
+
+
+def _source(request: Request) -> str:
+    """The client address sign-in failures are counted against."""
+    return request.client.host if request.client else ""
+
+
+def printable(text: str) -> str:
+    """``text`` safe for one log line: every unprintable character (newline, NUL, U+2028...) percent-encoded as UTF-8."""
+    return "".join(c if c.isprintable() else quote(c, safe="") for c in text)
 
 
 def _lang(request: Request) -> str:
@@ -86,7 +106,8 @@ def _check_csrf(session: Session, form: dict[str, Any]) -> None:
         raise CsrfError("error.csrf", "missing or forged CSRF token")
 
 
-def _page(request: Request, name: str, session: Session | None, status_code: int = 200, cookies: list[Cookie] | None = None, **context: Any) -> Template:
+def _page(request: Request, name: str, session: Session | None, status_code: int = 200, cookies: list[Cookie] | None = None,
+          headers: dict[str, str] | None = None, **context: Any) -> Template:
     svc = _services(request)
     lang = _lang(request)
     ctx = {
@@ -95,7 +116,7 @@ def _page(request: Request, name: str, session: Session | None, status_code: int
         "query_string": request.url.query, "idle_s": int(svc.settings.kiosk_idle_timeout_s), "may": (lambda p: bool(session and auth.may(session.user.role, p))),
         **context,
     }
-    return Template(name, context=ctx, status_code=status_code, cookies=cookies, headers={"Cache-Control": "no-store"})
+    return Template(name, context=ctx, status_code=status_code, cookies=cookies, headers={"Cache-Control": "no-store", **(headers or {})})
 
 
 # -- sign-in ---------------------------------------------------------------------------------------
@@ -119,7 +140,7 @@ async def login(request: Request) -> Response:
     form = await _form(request)
     if not auth.same_token(request.cookies.get(PRECSRF_COOKIE), _field(form, "_csrf")):
         raise CsrfError("error.csrf", "sign-in form without its token")
-    token, _ = _services(request).sign_in(_field(form, "username")[:64], _field(form, "password")[:1024])
+    token, _ = _services(request).sign_in(_field(form, "username")[:64], _field(form, "password")[:1024], _source(request))
     cookie = Cookie(key=SESSION_COOKIE, value=token, httponly=True, samesite="strict", secure=_secure(request), path="/")
     return Redirect("/worklist", cookies=[cookie, Cookie(key=PRECSRF_COOKIE, value="", max_age=0, path="/login")], status_code=303)
 
@@ -155,7 +176,10 @@ async def worklist(request: Request) -> Template:
     query = WorklistQuery(q=q[:100], status=status if status in STATUSES else "", triage=triage if triage in TRIAGES else "",
                           days=int(days) if days.isdigit() and int(days) <= 36500 else None)
     rows = svc.worklist(query)
-    svc.audit(session.user.username, "view_worklist", None, f"{len(rows)} row(s)" + (" search" if query.q else ""))
+    if query.q.strip():  # whom someone looked for is itself PHI access: the term goes to the trail
+        svc.audit(session.user.username, "search_worklist", None, f"{query.q.strip()!r}: {len(rows)} row(s)")
+    else:
+        svc.audit(session.user.username, "view_worklist", None, f"{len(rows)} row(s)")
     return _page(request, "worklist.html", session, rows=rows, query=query, statuses=STATUSES, triages=TRIAGES)
 
 
@@ -186,14 +210,18 @@ async def statusbar(request: Request) -> dict[str, Any]:
 
 @get("/studies/{uid:str}/views/{sop:str}/image.png")
 async def view_image(request: Request, uid: FromPath[str], sop: FromPath[str]) -> Response:
-    _session(request, "study")
-    return Response(_services(request).view_png(uid, sop), media_type="image/png", headers={"Cache-Control": "private, max-age=300"})
+    session = _session(request, "study")
+    png = _services(request).view_png(uid, sop)
+    _services(request).audit(session.user.username, "view_image", uid, f"{sop} image")
+    return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=300"})
 
 
 @get("/studies/{uid:str}/views/{sop:str}/heatmap.png")
 async def view_heatmap(request: Request, uid: FromPath[str], sop: FromPath[str]) -> Response:
-    _session(request, "study")
-    return Response(_services(request).heatmap_png(uid, sop), media_type="image/png", headers={"Cache-Control": "private, max-age=300"})
+    session = _session(request, "study")
+    png = _services(request).heatmap_png(uid, sop)
+    _services(request).audit(session.user.username, "view_image", uid, f"{sop} heatmap")
+    return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=300"})
 
 
 @post("/studies/{uid:str}/feedback", request_max_body_size=FORM_MAX_BYTES)
@@ -259,9 +287,9 @@ async def upload(request: Request) -> Template:
 
 @get("/audit")
 async def audit_page(request: Request) -> Template:
-    study = _q(request, "study")
     session = _session(request, "audit")
-    return _page(request, "audit.html", session, entries=_services(request).audit_trail(study or None))
+    query = AuditQuery.parse({k: _q(request, k) for k in ("user", "action", "study", "from", "to", "page")})
+    return _page(request, "audit.html", session, audit=_services(request).audit_page(query))
 
 
 @get("/users")
@@ -303,7 +331,9 @@ def on_kiosk_error(request: Request, exc: KioskError) -> Response:
     if isinstance(exc, AuthError) and request.url.path == "/login":
         token = auth.new_token()
         cookie = Cookie(key=PRECSRF_COOKIE, value=token, httponly=True, samesite="strict", secure=_secure(request), path="/login")
-        return _page(request, "login.html", None, status_code=exc.status_code, cookies=[cookie], precsrf=token, message=exc.message_key, first_start=False)
+        wait = {"Retry-After": throttle.retry_after_header(exc.retry_after_s)} if isinstance(exc, TooManyAttempts) else None
+        return _page(request, "login.html", None, status_code=exc.status_code, cookies=[cookie], headers=wait, precsrf=token,
+                     message=exc.message_key, first_start=False)
     if not _wants_page(request):
         return Response({"error": catalog(_lang(request))(exc.message_key)}, status_code=exc.status_code)
     return _error_page(request, exc.message_key, exc.status_code)
@@ -319,7 +349,7 @@ def on_http_error(request: Request, exc: HTTPException) -> Response:
 
 
 def on_internal_error(request: Request, exc: Exception) -> Response:
-    log.exception("kiosk request %s %s failed", request.method, request.url.path, exc_info=exc)
+    log.exception("kiosk request %s %s failed", request.method, printable(request.url.path), exc_info=exc)
     key = "error.storage_full" if type(exc).__name__ == "StorageFull" else "error.internal"
     return _error_page(request, key, 500)
 
@@ -330,6 +360,17 @@ def _error_page(request: Request, key: str, status_code: int) -> Response:
     except Exception:
         session = None
     return _page(request, "error.html", session, status_code=status_code, message=key)
+
+
+def _refuse_control_characters(request: Request) -> None:
+    """No page, study or static file has a control character in its path: 404 before a handler (or the file system) sees it.
+
+    A NUL made the static file server fail with 500, and a newline written raw to the log forged a log line.
+    """
+    path = request.url.path
+    if not path.isprintable():
+        log.info("kiosk refused a path with control characters: %s", printable(path))
+        raise NotFoundException()
 
 
 def _security_headers(response: Response) -> Response:
@@ -370,7 +411,9 @@ def create_app(settings: Settings, services: KioskServices, *, debug: bool = Fal
                         create_static_files_router("/static", directories=[HERE / "static"], cache_control=None)],
         template_config=TemplateConfig(engine=JinjaTemplateEngine.from_environment(jinja_environment())),
         exception_handlers={KioskError: on_kiosk_error, HTTPException: on_http_error, Exception: on_internal_error},
+        before_request=_refuse_control_characters,
         after_request=_security_headers,
+        openapi_config=None,  # no /schema pages: the kiosk has no public API to describe
         request_max_body_size=settings.kiosk_upload_max_bytes,
         state=_state(services),
         debug=debug,

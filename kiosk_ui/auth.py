@@ -46,6 +46,7 @@ class Passwords:
         return self.hasher.hash(password)
 
     def verify(self, stored_hash: str | None, password: str) -> bool:
+        """True for the right password; with no stored hash (unknown name) still runs a full Argon2 check, then False."""
         try:
             return self.hasher.verify(stored_hash or self._dummy, password) and stored_hash is not None
         except (VerifyMismatchError, VerificationError, InvalidHashError):
@@ -69,12 +70,11 @@ def is_locked(locked_until: float | None, now: float) -> bool:
     return locked_until is not None and locked_until > now
 
 
-def after_failure(failed_count: int, now: float, policy: LockoutPolicy) -> tuple[int, float | None]:
-    """The new (failed_count, locked_until) after one more wrong password."""
-    failed = failed_count + 1
-    if failed >= policy.max_failures:
-        return 0, now + policy.lock_s
-    return failed, None
+def lock_after(failed_count: int, now: float, policy: LockoutPolicy) -> float | None:
+    """When a lock that ``failed_count`` consecutive wrong passwords earn ends, or None when they earn none yet."""
+    if failed_count >= policy.max_failures:
+        return now + policy.lock_s
+    return None
 
 
 def is_expired(last_seen: float, now: float, idle_timeout_s: float) -> bool:

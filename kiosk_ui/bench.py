@@ -15,8 +15,8 @@ kiosk; one signed-in httpx client measures, one request at a time:
 from __future__ import annotations
 
 import functools
-import logging
 import http.server
+import logging
 import platform
 import re
 import statistics

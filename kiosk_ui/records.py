@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import datetime as dt
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
+from urllib.parse import urlencode
 
 STATUSES = ("receiving", "waiting", "analysing", "done", "incomplete", "failed")
 PENDING = frozenset({"receiving", "waiting", "analysing"})
@@ -55,7 +57,7 @@ class Identity:
     birth_date: str
 
     @classmethod
-    def unknown(cls) -> "Identity":
+    def unknown(cls) -> Identity:
         return cls("", "", "")
 
 
@@ -161,3 +163,58 @@ class AuditEntry:
     action: str
     study_uid: str | None
     detail: str
+
+
+AUDIT_PAGE_SIZE = 100
+# Every action the kiosk writes to its audit trail, in the order the filter offers them.
+AUDIT_ACTIONS = ("login", "login_failed", "login_locked", "account_locked", "login_throttled", "logout", "session_expired",
+                 "view_worklist", "search_worklist", "view_study", "view_image", "print_referral", "export_referral",
+                 "feedback", "upload", "user_add", "user_passwd", "user_unlock")
+
+
+@dataclass(frozen=True)
+class AuditQuery:
+    """The audit view's filters: user and action exact (user ignoring ASCII case), days as ISO dates, both ends inclusive."""
+
+    username: str = ""
+    action: str = ""
+    study_uid: str = ""
+    since_day: str = ""  # YYYY-MM-DD
+    until_day: str = ""
+    page: int = 1
+
+    @classmethod
+    def parse(cls, params: Mapping[str, str]) -> AuditQuery:
+        """From the page's query parameters; a malformed date or page is ignored rather than refused."""
+        page = params.get("page", "")
+        return cls(username=params.get("user", "").strip()[:64], action=params.get("action", "").strip()[:64],
+                   study_uid=params.get("study", "").strip()[:128], since_day=_iso_day(params.get("from", "")),
+                   until_day=_iso_day(params.get("to", "")), page=int(page) if page.isdigit() and 0 < int(page) <= 100000 else 1)
+
+    def link(self, page: int) -> str:
+        """The query string of another page of the same filters."""
+        pairs = [("user", self.username), ("action", self.action), ("study", self.study_uid), ("from", self.since_day),
+                 ("to", self.until_day), ("page", str(page) if page > 1 else "")]
+        return urlencode([(k, v) for k, v in pairs if v])
+
+    def bounds(self) -> tuple[float | None, float | None]:
+        """[since, until) in epoch seconds: local midnight of since_day, and local midnight after until_day."""
+        since = dt.datetime.combine(dt.date.fromisoformat(self.since_day), dt.time()).timestamp() if self.since_day else None
+        until = (dt.datetime.combine(dt.date.fromisoformat(self.until_day) + dt.timedelta(days=1), dt.time()).timestamp()
+                 if self.until_day else None)
+        return since, until
+
+
+@dataclass(frozen=True)
+class AuditPage:
+    entries: tuple[AuditEntry, ...]
+    query: AuditQuery
+    has_next: bool
+    actions: tuple[str, ...] = AUDIT_ACTIONS
+
+
+def _iso_day(text: str) -> str:
+    try:
+        return dt.date.fromisoformat(text.strip()).isoformat() if len(text.strip()) == 10 else ""
+    except ValueError:
+        return ""

@@ -15,22 +15,39 @@ import socket
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
-from typing import Callable, Iterable, Sequence
 
 import sqlite_utils
 
-from edge_agent.errors import AuthError, KioskError, NotFound, StoreError
+from edge_agent.errors import AuthError, KioskError, NotFound, StoreError, TooManyAttempts
 from edge_agent.ingest.image_store import ImageStore
 from edge_agent.ingest.service import IngestService
 from edge_agent.queue import JobQueue
 from edge_agent.settings import Settings
 from edge_agent.store import open_database, transaction
-from kiosk_ui import auth, imaging, uploads
+from kiosk_ui import auth, imaging, signin, throttle, uploads
 from kiosk_ui.i18n import search_fold
 from kiosk_ui.records import (
-    DENSITIES, STATUSES, TRIAGES, AuditEntry, FeedbackEntry, FeedbackInput, Identity, Session, StatusBar, StudyView,
-    UploadOutcome, User, ViewResult, WorklistQuery, WorklistRow, study_status,
+    AUDIT_PAGE_SIZE,
+    DENSITIES,
+    STATUSES,
+    TRIAGES,
+    AuditEntry,
+    AuditPage,
+    AuditQuery,
+    FeedbackEntry,
+    FeedbackInput,
+    Identity,
+    Session,
+    StatusBar,
+    StudyView,
+    UploadOutcome,
+    User,
+    ViewResult,
+    WorklistQuery,
+    WorklistRow,
+    study_status,
 )
 
 log = logging.getLogger(__name__)
@@ -103,11 +120,13 @@ class KioskServices:
         self.clock = clock
         self.passwords = passwords or auth.Passwords()
         self.policy = auth.LockoutPolicy(settings.kiosk_lockout_failures, settings.kiosk_lockout_s)
+        self.source_rate = throttle.RatePolicy(settings.kiosk_signin_source_burst, settings.kiosk_signin_source_refill_s)
+        self.account_rate = throttle.RatePolicy(settings.kiosk_signin_account_burst, settings.kiosk_signin_account_refill_s)
         self._identities: dict[str, Identity] = {}
         self._png = _Lru(256)
 
     @classmethod
-    def from_box(cls, box, **kw) -> "KioskServices":
+    def from_box(cls, box, **kw) -> KioskServices:
         db = open_database(box.settings.db_path, max_size_mb=box.settings.db_max_size_mb)
         queue = JobQueue(db, box.queue.policy)
         ingest = IngestService(db=db, keystore=box.keystore, queue=queue, settings=box.settings)
@@ -144,52 +163,83 @@ class KioskServices:
             raise KioskError("error.weak_password", problem)
         digest = self.passwords.hash(password)
         with transaction(self.db) as db:
-            n = db.execute("UPDATE kiosk_users SET password_hash = ?, failed_count = 0, locked_until = NULL WHERE username = ?",
-                           [digest, username]).rowcount
+            n = db.execute("UPDATE kiosk_users SET password_hash = ? WHERE username = ?", [digest, username]).rowcount
             if not n:
                 raise NotFound("error.user_unknown", f"No user {username!r}.")
+            signin.forget_failures(db, username)
             db.execute("DELETE FROM kiosk_sessions WHERE user_id = (SELECT id FROM kiosk_users WHERE username = ?)", [username])
             self._audit(db, "system", "user_passwd", None, username)
 
     def unlock(self, username: str, *, by: str = "system") -> None:
         with transaction(self.db) as db:
-            if not db.execute("UPDATE kiosk_users SET failed_count = 0, locked_until = NULL WHERE username = ?", [username]).rowcount:
+            if not db.execute("SELECT 1 FROM kiosk_users WHERE username = ?", [username]).fetchone():
                 raise NotFound("error.user_unknown", f"No user {username!r}.")
+            signin.forget_failures(db, username)
             self._audit(db, by, "user_unlock", None, username)
 
     def users(self) -> list[tuple[User, bool]]:
         now = self.clock()
         return [(User(r[0], r[1], r[2], r[3]), auth.is_locked(r[4], now)) for r in self.db.execute(
-            "SELECT id, username, full_name, role, locked_until FROM kiosk_users WHERE active = 1 ORDER BY username").fetchall()]
+            "SELECT u.id, u.username, u.full_name, u.role, l.locked_until FROM kiosk_users u"
+            " LEFT JOIN kiosk_signin_lockouts l ON l.name = u.username WHERE u.active = 1 ORDER BY u.username").fetchall()]
 
-    def sign_in(self, username: str, password: str) -> tuple[str, Session]:
-        """A new session token for good credentials; raises AuthError (wrong credentials or locked), counting the failure."""
+    def sign_in(self, username: str, password: str, source: str = "") -> tuple[str, Session]:
+        """A new session token for good credentials; raises AuthError (wrong credentials or locked), counting the failure.
+
+        An unknown name takes the same path as a real one, step for step: a token from the same buckets, the same
+        lock check, a full Argon2 verify (against a dummy hash), the same failure count, the same answer. ``source``
+        is the client address; with it, failures are limited per address as well as per name (TooManyAttempts).
+        """
         now = self.clock()
-        row = self.db.execute("SELECT id, username, full_name, role, password_hash, failed_count, locked_until FROM kiosk_users"
-                              " WHERE username = ? AND active = 1", [username.strip()]).fetchone()
-        if row is not None and auth.is_locked(row[6], now):
+        name = username.strip()[:64]
+        buckets = self._buckets(name, source)
+        with transaction(self.db) as db:
+            refusal = signin.reserve(db, buckets, now, refill_all_s=self._refill_all_s())
+            limits = ", ".join(k.split(":")[0] for k in refusal.noted) if refusal else ""
+            if limits:  # once a minute per bucket while it refuses, never once per try
+                self._audit(db, name, "login_throttled", None, f"from {source or '?'}; limit reached for {limits}")
+        if refusal:
+            if limits:
+                log.warning("kiosk sign-ins refused for %.0f s: too many failures per %s", refusal.retry_after_s, limits)
+            raise TooManyAttempts("auth.throttled", "too many failed sign-ins", retry_after_s=refusal.retry_after_s)
+        if signin.locked_until(self.db, name, now) is not None:
             with transaction(self.db) as db:
-                self._audit(db, row[1], "login_locked", None, "")
-            raise AuthError("auth.locked", f"Account {row[1]} is locked.")
-        if row is None or not self.passwords.verify(row[4] if row else None, password):
+                self._audit(db, name, "login_locked", None, "")
+            raise AuthError("auth.locked", f"Account {name} is locked.")
+        row = self.db.execute("SELECT id, username, full_name, role, password_hash FROM kiosk_users WHERE username = ? AND active = 1",
+                              [name]).fetchone()
+        if not self.passwords.verify(row[4] if row is not None else None, password):  # always a full verify, known name or not
             with transaction(self.db) as db:
-                if row is not None:
-                    failed, locked_until = auth.after_failure(row[5], now, self.policy)
-                    db.execute("UPDATE kiosk_users SET failed_count = ?, locked_until = ? WHERE id = ?", [failed, locked_until, row[0]])
-                    if locked_until:
-                        self._audit(db, row[1], "account_locked", None, f"{self.policy.max_failures} failures")
-                self._audit(db, (username or "")[:64], "login_failed", None, "")
-            if row is not None and locked_until:
+                locked_until = signin.record_failure(db, name, now, self.policy)
+                if locked_until is not None:
+                    self._audit(db, name, "account_locked", None, f"{self.policy.max_failures} failures")
+                self._audit(db, name, "login_failed", None, "")
+            if locked_until is not None:
                 raise AuthError("auth.locked_now", "Too many wrong passwords; the account is now locked.")
             raise AuthError("auth.wrong", "Wrong user name or password.")
         token, csrf = auth.new_token(), auth.new_token()
         user = User(row[0], row[1], row[2], row[3])
         with transaction(self.db) as db:
-            db.execute("UPDATE kiosk_users SET failed_count = 0, locked_until = NULL, last_login_at = ? WHERE id = ?", [now, user.id])
-            db.execute("INSERT INTO kiosk_sessions (token_hash, user_id, csrf_token, created_at, last_seen) VALUES (?, ?, ?, ?, ?)",
-                       [auth.token_hash(token), user.id, csrf, now, now])
-            self._audit(db, user.username, "login", None, "")
+            locked = signin.locked_until(db, name, now) is not None  # another attempt locked it while this one was verifying
+            if not locked:
+                signin.forget_failures(db, name)
+                signin.give_back(db, buckets, now)
+                db.execute("UPDATE kiosk_users SET last_login_at = ? WHERE id = ?", [now, user.id])
+                db.execute("INSERT INTO kiosk_sessions (token_hash, user_id, csrf_token, created_at, last_seen) VALUES (?, ?, ?, ?, ?)",
+                           [auth.token_hash(token), user.id, csrf, now, now])
+            self._audit(db, user.username, "login_locked" if locked else "login", None, "")
+        if locked:
+            raise AuthError("auth.locked", f"Account {name} is locked.")
         return token, Session(user, csrf, auth.token_hash(token), now)
+
+    def _buckets(self, name: str, source: str) -> list[tuple[str, throttle.RatePolicy]]:
+        keys = [("account:" + name.casefold(), self.account_rate)]
+        if source:
+            keys.append(("source:" + source[:64], self.source_rate))
+        return keys
+
+    def _refill_all_s(self) -> float:
+        return max(p.burst * p.refill_s for p in (self.account_rate, self.source_rate))
 
     def session(self, token: str | None, *, touch: bool = True) -> Session:
         """The live session behind a cookie; raises AuthError when missing or expired.
@@ -230,14 +280,29 @@ class KioskServices:
         with transaction(self.db) as db:
             self._audit(db, username, action, study_uid, detail)
 
-    def audit_trail(self, study_uid: str | None = None, limit: int = 200) -> list[AuditEntry]:
-        sql = "SELECT at, username, action, study_uid, detail FROM kiosk_audit"
-        params: list = []
-        if study_uid:
-            sql += " WHERE study_uid = ?"
-            params.append(study_uid)
-        rows = self.db.execute(sql + " ORDER BY id DESC LIMIT ?", [*params, limit]).fetchall()
-        return [AuditEntry(*r) for r in rows]
+    def audit_page(self, query: AuditQuery | None = None, page_size: int = AUDIT_PAGE_SIZE) -> AuditPage:
+        """One page of the trail, newest first, filtered by user, action, study and day range."""
+        query = query or AuditQuery()
+        where, params = [], []
+        if query.username:
+            where.append("username = ? COLLATE NOCASE")
+            params.append(query.username)
+        if query.action:
+            where.append("action = ?")
+            params.append(query.action)
+        if query.study_uid:
+            where.append("study_uid = ?")
+            params.append(query.study_uid)
+        since, until = query.bounds()
+        if since is not None:
+            where.append("at >= ?")
+            params.append(since)
+        if until is not None:
+            where.append("at < ?")
+            params.append(until)
+        sql = "SELECT at, username, action, study_uid, detail FROM kiosk_audit" + (" WHERE " + " AND ".join(where) if where else "")
+        rows = self.db.execute(sql + " ORDER BY id DESC LIMIT ? OFFSET ?", [*params, page_size + 1, (query.page - 1) * page_size]).fetchall()
+        return AuditPage(tuple(AuditEntry(*r) for r in rows[:page_size]), query, len(rows) > page_size)
 
     # -- patients -------------------------------------------------------------------------------
     def identity(self, pseudonym: str) -> Identity:
@@ -254,12 +319,13 @@ class KioskServices:
         return ident
 
     # -- worklist -------------------------------------------------------------------------------
-    def worklist(self, query: WorklistQuery = WorklistQuery()) -> list[WorklistRow]:
+    def worklist(self, query: WorklistQuery | None = None) -> list[WorklistRow]:
         """Priority review first, then review, then the rest; newest first within each; at most kiosk_worklist_limit rows.
 
         One query per rank, each walking an index in arrival order, so the page costs what it shows rather than
         what the database holds (a single ORDER BY over a computed rank sorts every study in the window).
         """
+        query = query or WorklistQuery()
         days = self.settings.kiosk_worklist_days if query.days is None else query.days
         if query.q.strip() and query.days is None:
             days = 0  # a search looks everywhere
@@ -410,7 +476,7 @@ class KioskServices:
 
 
 def _matches(needle: str, ident: Identity, study_uid: str, pseudonym: str) -> bool:
-    hay = " ".join([search_fold(ident.name.replace("^", " ")), ident.patient_id, search_fold(pseudonym), study_uid])
+    hay = " ".join([search_fold(ident.name.replace("^", " ")), search_fold(ident.patient_id), search_fold(pseudonym), study_uid])
     return all(part in hay for part in needle.split())
 
 

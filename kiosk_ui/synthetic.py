@@ -46,9 +46,9 @@ def write_result(ingest: IngestService, study_uid: str, *, triage: str | None, s
     """A triage result for every MG view of the study, as the inference worker writes it."""
     db, store = ingest.db, ingest.store
     now = time.time() if now is None else now
-    rows = db.execute("SELECT sop_uid, laterality, view, digest FROM ingest_instances WHERE study_uid = ?", [study_uid]).fetchall()
+    rows = db.execute("SELECT sop_uid, laterality, view FROM ingest_instances WHERE study_uid = ?", [study_uid]).fetchall()
     views = []
-    for i, (sop, lat, view, digest) in enumerate(rows):
+    for i, (sop, lat, view) in enumerate(rows):
         p = max(0.0, min(1.0, (score or 0.0) * (1.0 if i == 0 else 0.6)))
         digest_h, _ = store.put(heatmap_png(128, 128, 0.35 if lat == "L" else 0.65, 0.45))
         views.append((study_uid, sop, view, lat, p, p * 0.8, 40, 60, digest_h))

@@ -9,10 +9,10 @@ go through :func:`tr_upper` / :func:`tr_lower` so "Ayşe Çelik İpek" prints as
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
-from typing import Mapping
 
 LANGUAGES = ("tr", "en")
 DEFAULT_LANGUAGE = "tr"
@@ -72,7 +72,7 @@ class Catalog:
         return text.format(**params) if params else text
 
 
-@lru_cache(maxsize=None)
+@cache
 def catalog(lang: str) -> Catalog:
     if lang not in LANGUAGES:
         lang = DEFAULT_LANGUAGE

@@ -1,12 +1,13 @@
 import hashlib
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
 
 from edge_agent.errors import DatabaseRefused, StorageFull
 from edge_agent.queue import JobQueue
-from edge_agent.store import APPLICATION_ID, integrity_ok, open_database
+from edge_agent.store import APPLICATION_ID, integrity_ok, open_database, transaction
 
 
 def _sha(p: Path) -> str:
@@ -85,3 +86,33 @@ def test_full_database_gives_clear_error_and_corrupts_nothing(tmp_path: Path):
     q = JobQueue(db)
     assert q.enqueue("ingest", {"after": True}).created
     assert q.stats()["ingest"].ready == accepted + 1
+
+
+def test_threads_sharing_a_connection_never_run_inside_each_others_transaction(tmp_path: Path):
+    """A thread's read or bare write waits for another thread's transaction on the same connection to end."""
+    db = open_database(tmp_path / "box.sqlite3")
+    db.execute("CREATE TABLE notes (who TEXT)")
+    in_tx, other_done = threading.Event(), threading.Event()
+    seen: list[int] = []
+
+    def first() -> None:
+        with pytest.raises(RuntimeError), transaction(db):
+            db.execute("INSERT INTO notes VALUES ('first, rolled back')")
+            in_tx.set()
+            other_done.wait(timeout=1.0)  # the other thread cannot finish while this transaction is open
+            raise RuntimeError("roll back")
+
+    def other() -> None:
+        in_tx.wait()
+        seen.append(db.execute("SELECT count(*) FROM notes").fetchone()[0])
+        db.execute("INSERT INTO notes VALUES ('other')")
+        other_done.set()
+
+    threads = [threading.Thread(target=first), threading.Thread(target=other)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert seen == [0], "a thread read another thread's uncommitted row"
+    assert [r[0] for r in db.execute("SELECT who FROM notes")] == ["other"], "a thread's write was rolled back with another's transaction"
+    db.conn.close()

@@ -8,17 +8,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from argon2 import PasswordHasher
 from litestar.testing import TestClient
 
 from edge_agent.box import Box
 from edge_agent.queue import JobQueue
 from edge_agent.settings import Settings
 from edge_agent.store import open_database
-from argon2 import PasswordHasher
-
 from kiosk_ui import synthetic
-from kiosk_ui.auth import Passwords
 from kiosk_ui.app import create_app
+from kiosk_ui.auth import Passwords
 from kiosk_ui.services import KioskServices
 from provisioning.keystore import FileKeystore, KdfParams
 
@@ -54,13 +53,13 @@ class Kiosk:
         return [r[0] for r in self.box.db.execute("SELECT sop_uid FROM ingest_instances WHERE study_uid = ? ORDER BY sop_uid", [study_uid])]
 
 
-def make_kiosk(home: Path, **overrides) -> Kiosk:
+def make_kiosk(home: Path, *, passwords: Passwords = FAST_PASSWORDS, **overrides) -> Kiosk:
     settings = Settings.load(env={"MAMMO_HOME": str(home)}, home=home, **overrides)
     db = open_database(settings.db_path)
     keystore = FileKeystore.open_or_create(home / "keystore.json", "test passphrase", FAST_KDF)
     box = Box(settings, db, keystore, JobQueue(db))
     clock = Clock()
-    services = KioskServices.from_box(box, clock=clock, passwords=FAST_PASSWORDS)
+    services = KioskServices.from_box(box, clock=clock, passwords=passwords)
     k = Kiosk(settings, box, services, clock)
     # Ayşe ÇELİK: four views, a priority result. Gülşen ŞAHİN: four views, no suspicious finding.
     # İpek ÖZTÜRK: two views only, still receiving (no result yet).

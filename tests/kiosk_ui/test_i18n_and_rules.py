@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from kiosk_ui import auth
+from kiosk_ui import auth, throttle
+from kiosk_ui.app import printable
 from kiosk_ui.i18n import LANGUAGES, catalog, person_name, search_fold, tr_lower, tr_title, tr_upper
-from kiosk_ui.records import STATUSES, TRIAGES, study_status
+from kiosk_ui.records import STATUSES, TRIAGES, AuditQuery, study_status
 from kiosk_ui.uploads import looks_like_dicom, safe_label
 
 PKG = Path(__file__).resolve().parents[2] / "kiosk_ui"
@@ -95,8 +96,8 @@ def test_study_status_rule():
 
 def test_lockout_rule():
     policy = auth.LockoutPolicy(max_failures=3, lock_s=60)
-    assert auth.after_failure(0, 100.0, policy) == (1, None)
-    assert auth.after_failure(2, 100.0, policy) == (0, 160.0)
+    assert auth.lock_after(1, 100.0, policy) is None
+    assert auth.lock_after(3, 100.0, policy) == 160.0
     assert auth.is_locked(160.0, 159.0) and not auth.is_locked(160.0, 161.0) and not auth.is_locked(None, 0)
 
 
@@ -109,3 +110,35 @@ def test_roles():
 def test_tokens_compare_in_constant_time_and_refuse_empty():
     assert auth.same_token("abc", "abc")
     assert not auth.same_token("abc", "abd") and not auth.same_token("", "") and not auth.same_token(None, "x")
+
+
+def test_failed_sign_in_bucket_allows_a_burst_then_one_per_refill():
+    policy = throttle.RatePolicy(burst=3, refill_s=10.0)
+    bucket = None
+    for _ in range(3):
+        bucket, wait = throttle.take(bucket, 100.0, policy)
+        assert bucket is not None and wait == 0
+    assert throttle.take(bucket, 100.0, policy) == (None, 10.0)
+    assert throttle.take(bucket, 104.0, policy) == (None, 6.0)  # 0.4 of a token earned back: 6 s to go
+    later, wait = throttle.take(bucket, 110.0, policy)
+    assert later is not None and wait == 0 and later.tokens == 0
+    assert throttle.level(bucket, 10_000.0, policy) == 3  # never more than the burst
+    assert throttle.give_back(later, 110.0, policy).tokens == 1  # a right password returns its token
+    assert throttle.is_full(throttle.Bucket(0, 0), 30.0, policy) and not throttle.is_full(throttle.Bucket(0, 0), 29.0, policy)
+    assert throttle.retry_after_header(0.2) == "1" and throttle.retry_after_header(6.0) == "6"
+
+
+def test_audit_query_reads_filters_and_ignores_malformed_ones():
+    q = AuditQuery.parse({"user": " doktor ", "action": "login", "from": "2026-11-10", "to": "2026-11-11", "page": "3"})
+    assert (q.username, q.action, q.since_day, q.until_day, q.page) == ("doktor", "login", "2026-11-10", "2026-11-11", 3)
+    since, until = q.bounds()
+    assert until - since == 2 * 86400  # both days whole (no time zone changes clocks that week)
+    assert q.link(4) == "user=doktor&action=login&from=2026-11-10&to=2026-11-11&page=4"
+    assert AuditQuery.parse({"user": "a b"}).link(1) == "user=a+b"
+    bad = AuditQuery.parse({"from": "2026-13-40", "to": "yesterday", "page": "-1"})
+    assert (bad.since_day, bad.until_day, bad.page) == ("", "", 1) and bad.bounds() == (None, None)
+
+
+def test_log_text_is_one_line_whatever_the_path_holds():
+    assert printable("/studies/a\nFORGED\x00\u2028x") == "/studies/a%0AFORGED%00%E2%80%A8x"
+    assert printable("/studies/1.2.3/Çelik") == "/studies/1.2.3/Çelik"
