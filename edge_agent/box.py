@@ -43,11 +43,27 @@ def retry_policy(settings: Settings) -> RetryPolicy:
 
 def open_box(settings: Settings, *, interactive: bool | None = None) -> Box:
     """Open the database and keystore under ``settings.home``, creating them on first start."""
-    settings.home.mkdir(parents=True, exist_ok=True)
+    make_private(settings.home)
     db = open_database(settings.db_path, max_size_mb=settings.db_max_size_mb)
     passphrase = resolve_passphrase(settings, sys.stdin.isatty() if interactive is None else interactive)
     keystore = FileKeystore.open_or_create(settings.keystore_path, passphrase)
     return Box(settings, db, keystore, JobQueue(db, retry_policy(settings)))
+
+
+def make_private(home: Path) -> None:
+    """``MAMMO_HOME`` holds images, identities and keys: only the box's own user may enter it.
+
+    The umask makes everything this process creates private (SQLite gives the WAL and SHM the
+    database file's mode).  The chmods fix a home made before, at its top level only: nothing
+    below a 0700 folder is reachable by anyone else, and walking every stored image at each
+    command would be slow.  chmod works on the path and opens nothing, so it is safe on the
+    live database (see ``edge_agent.store``).
+    """
+    os.umask(0o077)
+    home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    for path in (home, *home.iterdir()):
+        if not path.is_symlink():
+            path.chmod(0o700 if path.is_dir() else 0o600)
 
 
 def resolve_passphrase(settings: Settings, interactive: bool) -> str:

@@ -16,6 +16,7 @@ import os
 import re
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -132,6 +133,8 @@ def test_daemon_cli_and_modality_share_the_database_without_losing_an_acknowledg
         _mammo(env, "status", "--json")
         _mammo(env, "queue", "stats", "--json")
         assert _deleted_db_files(proc.pid) == [], "a CLI command deleted the database files the daemon writes to"
+        modes = {name: stat.S_IMODE((home / name).stat().st_mode) for name in (".", "drop", "box.sqlite3", "box.sqlite3-wal", "box.sqlite3-shm")}
+        assert modes == {".": 0o700, "drop": 0o700, "box.sqlite3": 0o600, "box.sqlite3-wal": 0o600, "box.sqlite3-shm": 0o600}
 
         old_password = (home / "secrets" / "kiosk-admin-password").read_text().strip()
         kiosk = httpx.Client(base_url=url, timeout=30, follow_redirects=True)
