@@ -76,7 +76,7 @@ class Settings:
     # --- queue -------------------------------------------------------------
     queue_lease_s: float = setting(60.0, "Seconds a claimed job stays leased before another worker may take it.", check=_positive, fix="a number of seconds > 0")
     queue_max_attempts: int = setting(5, "Attempts before a job is dead-lettered.", check=_positive, fix="an integer >= 1")
-    queue_backoff_base_s: float = setting(2.0, "First retry delay in seconds; doubles per attempt, with full jitter.", check=_positive, fix="a number of seconds > 0")
+    queue_backoff_base_s: float = setting(2.0, "Retry delay ceiling after the first failed attempt, in seconds; it doubles per attempt up to queue_backoff_cap_s. Equal jitter: each delay is between half the ceiling and the ceiling, never zero.", check=_positive, fix="a number of seconds > 0")
     queue_backoff_cap_s: float = setting(600.0, "Upper bound of the retry delay in seconds.", check=_positive, fix="a number of seconds > 0")
     # --- db -----------------------------------------------------------------
     db_max_size_mb: int = setting(0, "Hard cap on the box database size in MiB (0 = only the disk limits it).", check=lambda v: v >= 0, fix="an integer >= 0")

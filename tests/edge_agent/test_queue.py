@@ -181,3 +181,16 @@ def test_worker_drains_the_queue_and_stores_each_result_once(db):
     assert (counters.done, counters.failed) == (7, 1)
     assert db.execute("SELECT count(DISTINCT job_id), count(*) FROM results").fetchone() == (7, 7)
     assert q.dead_letters("infer")[0].last_error == "ValueError: cannot decode this study"
+
+
+def test_backoff_setting_describes_the_jitter_the_queue_applies():
+    """Docs and code agree: equal jitter, so a retry waits at least half the ceiling and never fires at once."""
+    import dataclasses
+
+    from edge_agent.settings import Settings
+
+    help_text = {f.name: f.metadata["help"] for f in dataclasses.fields(Settings)}["queue_backoff_base_s"]
+    p = RetryPolicy(backoff_base_s=4, backoff_cap_s=600)
+    lowest, highest = retry_delay(1, p, 0.0), retry_delay(1, p, 0.999999)
+    assert "equal jitter" in help_text.lower() and "full jitter" not in help_text.lower()
+    assert lowest == p.backoff_base_s / 2 and highest <= p.backoff_base_s
