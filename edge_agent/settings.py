@@ -125,8 +125,8 @@ class Settings:
         check=_dicom_peers, fix="a comma-separated list of AE_TITLE@address, AE_TITLE@*, *@address or *, e.g. MAMMO_UNIT@10.0.5.21",
     )
     dicom_allow_loopback: bool = setting(True, "Also accept any AE title from this machine (127.0.0.0/8, ::1), so the box's own tools and benchmarks can send without being listed in dicom_peers.")
-    dicom_max_associations: int = setting(10, "Most connections the DICOM receiver serves at once (associations and connections still negotiating); more are closed at once.", check=_positive, fix="an integer >= 1")
-    dicom_max_associations_per_peer: int = setting(4, "Most connections one calling address may hold at once, so idle or stuck connections from one host cannot lock out the others.", check=_positive, fix="an integer >= 1")
+    dicom_max_associations: int = setting(10, "Most connections the DICOM receiver serves at once; when full, the oldest connection that has not sent its association request is closed to make room, and if there is none the new one is closed.", check=_positive, fix="an integer >= 1")
+    dicom_max_associations_per_peer: int = setting(4, "Most connections one calling address may hold at once; past it, that address's oldest connection without an association request makes room, so idle connections cannot lock a modality out.", check=_positive, fix="an integer >= 1")
     dicom_acse_timeout_s: float = setting(10.0, "Seconds a new connection may take to send its association request (and to answer a release) before it is closed.", check=_positive, fix="a number of seconds > 0")
     dicom_network_timeout_s: float = setting(60.0, "Seconds an association may stay silent before it is aborted; keep it above ingest_timeout_s, since the modality waits silently while a file is ingested.", check=_positive, fix="a number of seconds > 0")
     dicom_dimse_timeout_s: float = setting(30.0, "Seconds the receiver waits for the next part of a DIMSE message (C-STORE, C-ECHO) on an association.", check=_positive, fix="a number of seconds > 0")

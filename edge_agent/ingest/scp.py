@@ -14,8 +14,8 @@ send any amount of data over any number of connections:
 - At most ``dicom_max_associations`` connections, and
   ``dicom_max_associations_per_peer`` from one address, are served at once;
   a connection that sends no association request within
-  ``dicom_acse_timeout_s`` is closed.  Idle connections from one host can no
-  longer lock the modalities out.
+  ``dicom_acse_timeout_s`` is closed, and sooner when a new connection needs
+  its slot.  Idle connections can no longer lock the modalities out.
 - Only known peers (``dicom_peers``, see ``peers``) may associate; a refusal
   is logged with the calling AE title and address.
 
@@ -30,6 +30,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import socket
 import tempfile
 import threading
 import time
@@ -45,7 +46,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from edge_agent.errors import MammoError, StorageFull
 from edge_agent.ingest import peers as peer_rules
-from edge_agent.ingest.scp_limits import DatasetMeter, refuse_connection
+from edge_agent.ingest.scp_limits import Connection, DatasetMeter, admit_connection
 from edge_agent.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,7 @@ STATUS_PROCESSING_FAILURE = 0xC000
 VERIFICATION = "1.2.840.10008.1.1"  # the Verification SOP class (C-ECHO)
 # A-ASSOCIATE-RJ: rejected permanent, by the service user, calling AE title not recognised (PS3.8 9.3.4)
 _REJECT_UNKNOWN_CALLING_AE = (0x01, 0x01, 0x03)
-_LOG_REFUSED_EVERY_S = 60.0  # one log line per refused address and minute: a flood must not flood the log too
+_LOG_REFUSED_EVERY_S = 60.0
 
 
 @dataclass
@@ -135,6 +136,8 @@ class DicomReceiver:
         self._lock = threading.Lock()
         self._inbound: weakref.WeakKeyDictionary[Association, _Inbound] = weakref.WeakKeyDictionary()
         self._refused_logged: dict[str, float] = {}
+        self._opened: weakref.WeakKeyDictionary[Association, float] = weakref.WeakKeyDictionary()
+        self._gone: weakref.WeakSet[Association] = weakref.WeakSet()  # connections closed, or being closed by us
 
     def _ae(self) -> _ReceiverAE:
         ae = _ReceiverAE(ae_title=self.ae_title)
@@ -144,7 +147,9 @@ class DicomReceiver:
         ae.require_called_aet = self.require_called_ae
         s = self.settings
         ae.maximum_pdu_size = s.dicom_max_pdu_bytes
-        ae.maximum_associations = s.dicom_max_associations
+        # The limits are enforced per connection by _admit; pynetdicom's own count also includes connections
+        # being closed, so it is only a backstop here.
+        ae.maximum_associations = 4 * s.dicom_max_associations
         ae.acse_timeout = s.dicom_acse_timeout_s
         ae.network_timeout = s.dicom_network_timeout_s
         ae.dimse_timeout = s.dicom_dimse_timeout_s
@@ -161,6 +166,7 @@ class DicomReceiver:
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_REJECTED, self._on_rejected),
             (evt.EVT_DATA_RECV, self._on_data),
+            (evt.EVT_CONN_OPEN, self._on_conn_open),
             (evt.EVT_CONN_CLOSE, self._on_conn_close),
             (evt.EVT_C_STORE, self._on_store),
             (evt.EVT_C_ECHO, _on_echo),
@@ -176,9 +182,13 @@ class DicomReceiver:
         return self.port
 
     def stop(self) -> None:
+        """Stop listening and close the connections still waiting to associate; associations under way finish."""
         if self._server is not None:
             self._server.shutdown()
             self._server = None
+        for assoc in self._served():
+            if assoc.requestor.primitive is None:
+                self._close_silent(assoc)
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
@@ -208,15 +218,53 @@ class DicomReceiver:
     def _admit(self, address: str) -> bool:
         """Called by the server for each new TCP connection, before any thread is started for it."""
         self._reap_finished()
-        live = [a.requestor.address for a in threading.enumerate() if isinstance(a, Association) and a.is_acceptor and getattr(a.ae, "receiver", None) is self]
-        reason = refuse_connection(address, live, max_total=self.settings.dicom_max_associations, max_per_peer=self.settings.dicom_max_associations_per_peer)
-        if reason is None:
+        served = self._served()
+        live = [Connection(a.requestor.address, a.requestor.primitive is None, self._opened.get(a, 0.0)) for a in served]
+        decision = admit_connection(address, live, max_total=self.settings.dicom_max_associations, max_per_peer=self.settings.dicom_max_associations_per_peer)
+        if decision.evict is not None:
+            victim = served[decision.evict]
+            self._close_silent(victim)
+            self._log_limited(address, "DICOM connection from %s closed: it sent no association request, and %s", victim.requestor.address, decision.reason)
+        if decision.admit:
             return True
-        now = time.monotonic()
-        if now - self._refused_logged.get(address, -_LOG_REFUSED_EVERY_S) >= _LOG_REFUSED_EVERY_S:
-            self._refused_logged[address] = now
-            log.warning("DICOM connection from %s closed: %s. It may retry once a connection ends.", address, reason)
+        self._log_limited(address, "DICOM connection from %s closed: %s. It may retry once an association ends.", address, decision.reason)
         return False
+
+    def _served(self) -> list[Association]:
+        """This receiver's connections that are still open, oldest first."""
+        with self._lock:
+            gone = set(self._gone)
+        return [
+            a for a in threading.enumerate()
+            if isinstance(a, Association) and a.is_acceptor and getattr(a.ae, "receiver", None) is self and a not in gone
+        ]
+
+    def _close_silent(self, assoc: Association) -> None:
+        """Close a connection that has not sent its association request, and end its thread now.
+
+        Shutting the socket down lets pynetdicom's network thread see a closed
+        transport; the association thread waits for the request on
+        ``dul.to_user_queue`` and takes a ``None`` there as its ACSE timeout.
+        """
+        with self._lock:
+            self._gone.add(assoc)
+        sock = getattr(assoc.dul.socket, "socket", None)
+        try:
+            if sock is not None:
+                sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # already closed
+        assoc.dul.to_user_queue.put(None)
+
+    def _log_limited(self, key: str, msg: str, *args: Any) -> None:
+        """Log a refusal at most once a minute per address: a flood must not flood the log too."""
+        now = time.monotonic()
+        if now - self._refused_logged.get(key, -_LOG_REFUSED_EVERY_S) >= _LOG_REFUSED_EVERY_S:
+            self._refused_logged[key] = now
+            log.warning(msg, *args)
+
+    def _on_conn_open(self, event: Event) -> None:
+        self._opened[event.assoc] = time.monotonic()
 
     def _on_requested(self, event: Event) -> None:
         """Refuse an association from an unknown peer before negotiating anything."""
@@ -281,7 +329,14 @@ class DicomReceiver:
         return f
 
     def _on_conn_close(self, event: Event) -> None:
-        self._reap(event.assoc)
+        assoc = event.assoc
+        with self._lock:
+            closed_by_us = assoc in self._gone
+            self._gone.add(assoc)
+        if not closed_by_us and assoc.is_acceptor and assoc.requestor.primitive is None:
+            # Closed before its association request: end the thread now, not after dicom_acse_timeout_s.
+            assoc.dul.to_user_queue.put(None)
+        self._reap(assoc)
 
     def _reap_finished(self) -> None:
         """Clean up after associations whose threads ended without a connection-closed event."""

@@ -5,13 +5,12 @@ it likes; without bounds one 200 MB C-STORE doubled the daemon's memory and
 a dozen idle TCP connections locked every modality out until they timed
 out.  The receiver (``scp``) feeds every received PDU to a ``DatasetMeter``
 (so a dataset above ``ingest_max_file_bytes`` is aborted while it arrives,
-not after) and asks ``refuse_connection`` before serving a new connection.
+not after) and asks ``admit_connection`` before serving a new connection.
 """
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 P_DATA_TF = 0x04
@@ -62,12 +61,49 @@ class DatasetMeter:
         return self.received > self.limit
 
 
-def refuse_connection(address: str, live: Iterable[str], *, max_total: int, max_per_peer: int) -> str | None:
-    """Why a new connection from ``address`` must be closed, given the addresses already connected; None to serve it."""
-    counts = Counter(live)
-    total = sum(counts.values())
-    if counts[address] >= max_per_peer:
-        return f"{address} already holds {counts[address]} connections (dicom_max_associations_per_peer={max_per_peer})"
-    if total >= max_total:
-        return f"{total} connections are open (dicom_max_associations={max_total})"
-    return None
+@dataclass(frozen=True)
+class Connection:
+    """A connection the receiver serves: who, whether it has yet to send its association request, since when."""
+
+    address: str
+    pending: bool
+    opened: float
+
+
+@dataclass(frozen=True)
+class Admission:
+    """The answer for a new connection: serve it or not, and which silent connection to close first to make room."""
+
+    admit: bool
+    evict: int | None = None  # index into ``live``
+    reason: str = ""
+
+
+def admit_connection(address: str, live: Sequence[Connection], *, max_total: int, max_per_peer: int) -> Admission:
+    """Decide on a new connection from ``address`` given the connections already served.
+
+    A connection that has not sent its association request yet costs the
+    sender nothing, so a full quota of them must not lock a modality out
+    until they time out: when a limit is reached, the oldest such silent
+    connection (of that address for the per-peer limit, of anyone for the
+    total) is closed to make room.  Only associations that are under way
+    are never displaced; when every slot holds one, the new connection is
+    refused.
+    """
+    same = [i for i, c in enumerate(live) if c.address == address]
+    if len(same) >= max_per_peer:
+        victim = _oldest_pending(live, same)
+        if victim is None:
+            return Admission(False, reason=f"{address} already holds {len(same)} associations (dicom_max_associations_per_peer={max_per_peer})")
+        return Admission(True, victim, f"{address} holds {len(same)} connections (dicom_max_associations_per_peer={max_per_peer})")
+    if len(live) >= max_total:
+        victim = _oldest_pending(live, range(len(live)))
+        if victim is None:
+            return Admission(False, reason=f"{len(live)} associations are under way (dicom_max_associations={max_total})")
+        return Admission(True, victim, f"{len(live)} connections are open (dicom_max_associations={max_total})")
+    return Admission(True)
+
+
+def _oldest_pending(live: Sequence[Connection], among: Iterable[int]) -> int | None:
+    pending = [i for i in among if live[i].pending]
+    return min(pending, key=lambda i: live[i].opened) if pending else None

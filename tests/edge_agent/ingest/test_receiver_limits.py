@@ -20,7 +20,7 @@ from edge_agent.errors import SettingsError
 from edge_agent.ingest import mg
 from edge_agent.ingest.peers import Peer, is_allowed, open_to_anyone, parse_address, parse_peers
 from edge_agent.ingest.scp import DicomReceiver
-from edge_agent.ingest.scp_limits import DatasetMeter, pdata_dataset_bytes, refuse_connection
+from edge_agent.ingest.scp_limits import Admission, Connection, DatasetMeter, admit_connection, pdata_dataset_bytes
 from edge_agent.settings import Settings
 
 OTHER_HOST = "127.0.0.2"
@@ -106,11 +106,20 @@ def test_meter_flags_an_unfinished_dataset_past_the_limit_only():
     assert not DatasetMeter(limit=10).feed(_pdu(_pdv(0x02, b"d" * 40)))
 
 
-def test_connection_limits_per_peer_and_in_total():
-    live = ["10.0.0.9"] * 4 + ["10.0.0.1"]
-    assert "10.0.0.9 already holds 4" in refuse_connection("10.0.0.9", live, max_total=10, max_per_peer=4)
-    assert refuse_connection("10.0.0.1", live, max_total=10, max_per_peer=4) is None
-    assert "dicom_max_associations=5" in refuse_connection("10.0.0.2", live, max_total=5, max_per_peer=4)
+def test_connection_limits_make_room_by_closing_silent_connections_only():
+    def conn(address: str, pending: bool, opened: float) -> Connection:
+        return Connection(address, pending, opened)
+
+    flood = [conn("10.0.0.9", True, t) for t in (3.0, 1.0, 2.0, 4.0)] + [conn("10.0.0.1", False, 0.5)]
+    # the flooding host's oldest silent connection makes room for its new one; other hosts are served as usual
+    assert admit_connection("10.0.0.9", flood, max_total=10, max_per_peer=4) == Admission(True, 1, "10.0.0.9 holds 4 connections (dicom_max_associations_per_peer=4)")
+    assert admit_connection("10.0.0.1", flood, max_total=10, max_per_peer=4) == Admission(True)
+    # total reached: the oldest silent connection of anyone goes, never an association under way
+    assert admit_connection("10.0.0.2", flood, max_total=5, max_per_peer=4).evict == 1
+    busy = [conn("10.0.0.9", False, t) for t in (1.0, 2.0)]
+    refused = admit_connection("10.0.0.9", busy, max_total=10, max_per_peer=2)
+    assert not refused.admit and "already holds 2 associations" in refused.reason
+    assert not admit_connection("10.0.0.3", busy, max_total=2, max_per_peer=4).admit
 
 
 # -- real sockets -------------------------------------------------------------------------------------
@@ -228,30 +237,75 @@ def test_oversized_dataset_is_aborted_while_it_arrives(rig_factory, tmp_path, st
     assert _count(rig, "ingest_instances") == 1
 
 
-@needs_alias
-def test_idle_connections_from_one_host_do_not_lock_out_a_modality(rig_factory, tmp_path, start_receiver):
-    rig = rig_factory(tmp_path / "home", dicom_acse_timeout_s=3.0)
-    receiver = start_receiver(rig.service, rig.settings)
+def _idle_connections(receiver: DicomReceiver, hosts: list[str]) -> list[socket.socket]:
     idle = []
+    for host in hosts:
+        s = socket.socket()
+        s.bind((host, 0))
+        s.connect(("127.0.0.1", receiver.port))
+        s.settimeout(10)
+        idle.append(s)
+    return idle
+
+
+def _echo(receiver: DicomReceiver, bind: str = "127.0.0.1") -> None:
+    assoc = _associate(receiver, bind=bind)
+    assert assoc.is_established, "the modality was locked out"
+    assert assoc.send_c_echo().Status == 0x0000
+    assoc.release()
+
+
+@pytest.mark.parametrize("idle_host", ["127.0.0.1", OTHER_HOST], ids=["same-host", "other-host"])
+def test_idle_connections_do_not_lock_out_a_modality(rig_factory, tmp_path, start_receiver, idle_host):
+    if idle_host == OTHER_HOST and not _loopback_alias_works():
+        pytest.skip(f"cannot bind {OTHER_HOST}")
+    rig = rig_factory(tmp_path / "home", dicom_acse_timeout_s=60.0)  # long: what closes them below is not the timeout
+    receiver = start_receiver(rig.service, rig.settings)
+    idle = _idle_connections(receiver, [idle_host] * 12)
     try:
-        for _ in range(12):
-            s = socket.socket()
-            s.bind((OTHER_HOST, 0))
-            s.connect(("127.0.0.1", receiver.port))
-            s.settimeout(15)
-            idle.append(s)
-        # The modality is served at once, although 12 connections sit idle.
-        assoc = _associate(receiver)
-        assert assoc.is_established
-        assert assoc.send_c_echo().Status == 0x0000
-        assoc.release()
-        # Connections past dicom_max_associations_per_peer were closed at once; the others after the ACSE timeout.
+        _echo(receiver)  # served at once, although 12 connections sit idle (it used to be refused for ~28 s)
+        # each connection past dicom_max_associations_per_peer closed that host's oldest silent one
         per_peer = rig.settings.dicom_max_associations_per_peer
-        assert [s.recv(1) for s in idle[per_peer:]] == [b""] * (12 - per_peer)
-        assert [s.recv(1) for s in idle[:per_peer]] == [b""] * per_peer
+        assert [s.recv(1) for s in idle[: 12 - per_peer]] == [b""] * (12 - per_peer)
     finally:
         for s in idle:
             s.close()
+
+
+@needs_alias
+def test_idle_connections_from_many_hosts_do_not_lock_out_a_modality(rig_factory, tmp_path, start_receiver):
+    rig = rig_factory(tmp_path / "home", dicom_acse_timeout_s=60.0, dicom_max_associations=5)
+    receiver = start_receiver(rig.service, rig.settings)
+    idle = _idle_connections(receiver, [f"127.0.0.{2 + i % 4}" for i in range(12)])
+    try:
+        _echo(receiver)
+    finally:
+        for s in idle:
+            s.close()
+
+
+def test_associations_under_way_are_never_displaced(rig_factory, tmp_path, start_receiver, caplog):
+    rig = rig_factory(tmp_path / "home", dicom_max_associations=2)
+    receiver = start_receiver(rig.service, rig.settings)
+    held = [_associate(receiver) for _ in range(2)]
+    assert all(a.is_established for a in held)
+    caplog.set_level(logging.WARNING)
+    (refused,) = _idle_connections(receiver, ["127.0.0.1"])
+    with refused:
+        assert refused.recv(1) == b""  # closed by the receiver, not by a timeout
+    assert "associations are under way (dicom_max_associations=2)" in caplog.text
+    for a in held:
+        assert a.send_c_echo().Status == 0x0000
+        a.release()
+    _echo(receiver)  # a slot is free again
+
+
+def test_a_silent_connection_is_closed_after_the_acse_timeout(rig_factory, tmp_path, start_receiver):
+    rig = rig_factory(tmp_path / "home", dicom_acse_timeout_s=1.0)
+    receiver = start_receiver(rig.service, rig.settings)
+    (s,) = _idle_connections(receiver, ["127.0.0.1"])
+    with s:
+        assert s.recv(1) == b""
 
 
 @needs_alias
@@ -269,6 +323,14 @@ def test_unknown_peer_is_refused_and_logged(rig_factory, tmp_path, start_receive
     assoc = _associate(receiver, "MAMMO_UNIT")
     assert assoc.is_established and assoc.send_c_echo().Status == 0x0000
     assoc.release()
+
+
+def test_wrong_called_title_refusal_names_the_caller(rig, start_receiver, caplog):
+    receiver = start_receiver(rig.service, rig.settings)
+    caplog.set_level(logging.WARNING)
+    assoc = _modality("MAMMO_UNIT").associate("127.0.0.1", receiver.port, ae_title="NOT_THE_BOX")
+    assert assoc.is_rejected
+    assert "calling AE 'MAMMO_UNIT' from 127.0.0.1, called AE 'NOT_THE_BOX'" in caplog.text
 
 
 @needs_alias
