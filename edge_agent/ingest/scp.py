@@ -35,6 +35,7 @@ import tempfile
 import threading
 import time
 import weakref
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -79,7 +80,7 @@ class _ReceiverAE(AE):
 
 
 class _BoundedServer(ThreadedAssociationServer):
-    """pynetdicom's server, refusing connections over the total and per-address limits before serving them.
+    """pynetdicom's server, asking the receiver about each connection (limits, room) before serving it.
 
     ``process_request`` starts the association thread before the next
     connection is accepted (instead of from a helper thread), so counting the
@@ -130,7 +131,7 @@ class DicomReceiver:
         self.require_called_ae = settings.dicom_require_called_ae
         self.peers = peer_rules.parse_peers(settings.dicom_peers)
         self.spool_dir = settings.dicom_spool_dir
-        self.aborted: list[tuple[str, str, int]] = []  # (calling AE, address, bytes received) of size aborts, newest last
+        self.aborted: deque[tuple[str, str, int]] = deque(maxlen=100)  # (calling AE, address, bytes received) of size aborts
         self._server: _BoundedServer | None = None
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -260,6 +261,8 @@ class DicomReceiver:
         """Log a refusal at most once a minute per address: a flood must not flood the log too."""
         now = time.monotonic()
         if now - self._refused_logged.get(key, -_LOG_REFUSED_EVERY_S) >= _LOG_REFUSED_EVERY_S:
+            if len(self._refused_logged) > 1000:  # many addresses: forget the ones already quiet
+                self._refused_logged = {k: t for k, t in self._refused_logged.items() if now - t < _LOG_REFUSED_EVERY_S}
             self._refused_logged[key] = now
             log.warning(msg, *args)
 
