@@ -15,6 +15,7 @@ one of these where they enter our code.
      ├── IntegrityError         sealed data failed authentication (tampered or corrupted)
      ├── IngestError            DICOM ingest problems
      │    ├── DicomRejected     a file that goes to quarantine, with a reason code
+     │    ├── IngestUnavailable  the ingest workers are stopped or cannot start: the sender retries
      │    └── QuarantineNotFound  no quarantined file with that id (purged or mistyped)
      ├── ModelError             a model release cannot be loaded, verified or run
      └── KioskError             the family doctor's kiosk refused a request
@@ -75,6 +76,10 @@ class DicomRejected(IngestError):
     def __init__(self, reason_code: str, message: str) -> None:
         super().__init__(message)
         self.reason_code = reason_code
+
+
+class IngestUnavailable(IngestError):
+    """No ingest worker can take the file (the box is shutting down, or workers cannot start); nothing was stored: send it again."""
 
 
 class QuarantineNotFound(IngestError):

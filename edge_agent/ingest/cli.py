@@ -5,13 +5,18 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from edge_agent.cli import EXIT_FAILED, EXIT_OK, EXIT_REFUSED, add_json_flag, emit
-from edge_agent.errors import StoreError
+from edge_agent.errors import MammoError
 from edge_agent.ingest.records import QUARANTINED, IngestResult
 
+if TYPE_CHECKING:
+    from edge_agent.box import Box
+    from edge_agent.ingest.service import IngestService
 
-def register(sub: argparse._SubParsersAction, bench_sub: argparse._SubParsersAction) -> None:
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], bench_sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("ingest", help="ingest DICOM files or folders: accepted / fixed / quarantined, with reasons")
     p.add_argument("paths", nargs="+", type=Path, metavar="PATH")
     add_json_flag(p)
@@ -46,16 +51,24 @@ def register(sub: argparse._SubParsersAction, bench_sub: argparse._SubParsersAct
     p = bench_sub.add_parser("ingest", help="our ingest path vs dicognito and pydicom/deid on the shared DICOM corpus")
     p.add_argument("--corpus", type=Path, default=None, help="folder of DICOM files (default: shared/data/dicom beside the checkout)")
     p.add_argument("--limit", type=int, default=None, help="only the first N files")
+    p.add_argument("--workers", type=int, default=None, help="ingest worker processes (default: the setting ingest_workers; 0 = one per core)")
     add_json_flag(p)
     p.set_defaults(handler=cmd_bench_ingest)
 
 
-def _service(args: argparse.Namespace):
+def _service(args: argparse.Namespace, files: int = 0) -> tuple[Box, IngestService]:
+    """The box and its ingest service; with ``files``, worker processes for them (at most one per core, none idle)."""
     from edge_agent.box import open_box
+    from edge_agent.ingest.pool import worker_count
     from edge_agent.ingest.service import IngestService
 
     box = open_box(args.settings)
-    return box, IngestService.from_box(box)
+    workers = min(worker_count(args.settings.ingest_workers), files) if files else None
+    try:
+        return box, IngestService.from_box(box, workers=workers)
+    except BaseException:
+        box.close()
+        raise
 
 
 def _expand(paths: list[Path]) -> list[Path]:
@@ -83,16 +96,15 @@ def _counts(results: list[IngestResult]) -> dict[str, int]:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    box, service = _service(args)
+    files = _expand(args.paths)
+    box, service = _service(args, len(files))
     try:
         results, errors = [], []
-        for path in _expand(args.paths):
-            try:
-                r = service.ingest_path(path, source="cli")
-            except StoreError as exc:  # unreadable input: report it and go on with the others
-                errors.append({"label": str(path), "error": str(exc)})
+        for path, r in service.ingest_paths(files, source="cli"):
+            if isinstance(r, MammoError):  # unreadable input, or the box cannot store: report it and go on with the others
+                errors.append({"label": str(path), "error": str(r)})
                 if not args.json:
-                    print(f"{'error':<11} {path}\n            {exc}")
+                    print(f"{'error':<11} {path}\n            {r}")
                 continue
             results.append(r)
             if not args.json:
@@ -106,40 +118,46 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             return EXIT_FAILED
         return EXIT_REFUSED if counts["quarantined"] else EXIT_OK
     finally:
+        service.close()
         box.close()
 
 
 def cmd_deid(args: argparse.Namespace) -> int:
-    from edge_agent.box import open_box
-    from edge_agent.errors import DicomRejected
-    from edge_agent.ingest.deid import DeidKeys
-    from edge_agent.ingest.service import limits_of, process
+    from concurrent.futures import ThreadPoolExecutor
 
+    from edge_agent.box import open_box
+    from edge_agent.ingest.deid import DeidKeys
+    from edge_agent.ingest.pool import IngestPool, worker_count
+    from edge_agent.ingest.prepare import Prepared, Refused, Request
+    from edge_agent.ingest.service import options_of
+
+    files = _expand([args.src])
     box = open_box(args.settings)
     try:
-        keys = DeidKeys.from_keystore(box.keystore, args.settings.ingest_date_shift_max_days)
-        limits = limits_of(args.settings)
-        rows = []
-        for path in _expand([args.src]):
-            try:
-                p = process(path.read_bytes(), limits=limits, keys=keys, quarantine_burned_in=args.settings.ingest_quarantine_burned_in)
-            except DicomRejected as exc:
-                rows.append({"src": str(path), "outcome": "refused", "reason_code": exc.reason_code, "reason": str(exc)})
+        options = options_of(args.settings, DeidKeys.from_keystore(box.keystore, args.settings.ingest_date_shift_max_days))
+    finally:
+        box.close()  # the workers need only the derived secrets, not the database
+    rows: list[dict[str, Any]] = []
+    with IngestPool(options, workers=max(1, min(worker_count(args.settings.ingest_workers), len(files))),
+                    timeout_s=args.settings.ingest_timeout_s) as pool, \
+            ThreadPoolExecutor(max_workers=2 * pool.size, thread_name_prefix="deid") as threads:
+        for path, p in zip(files, threads.map(lambda f: pool.run(Request(path=str(f))), files), strict=True):
+            if not isinstance(p, Prepared):
+                code, reason = (p.reason_code, p.reason) if isinstance(p, Refused) else ("unreadable_file", p.message)
+                rows.append({"src": str(path), "outcome": "refused", "reason_code": code, "reason": reason})
                 if not args.json:
-                    print(f"refused     {path}\n            {exc}")
+                    print(f"refused     {path}\n            {reason}")
                 continue
             # Output names come from de-identified UIDs: a source file name can carry a patient's name.
-            out = args.dst / str(p.ds.StudyInstanceUID) / f"{p.ds.SOPInstanceUID}.dcm"
+            out = args.dst / p.facts.study_uid / f"{p.facts.sop_uid}.dcm"
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_bytes(p.data)
             rows.append({"src": str(path), "outcome": "fixed" if p.fixes else "accepted", "dst": str(out), "fixes": [f.code for f in p.fixes]})
             if not args.json:
                 print(f"{rows[-1]['outcome']:<11} {path} -> {out}")
-        written = sum(1 for r in rows if r["outcome"] != "refused")
-        emit(args, {"results": rows, "written": written, "refused": len(rows) - written}, f"{written} written to {args.dst}, {len(rows) - written} refused")
-        return EXIT_REFUSED if written < len(rows) else EXIT_OK
-    finally:
-        box.close()
+    written = sum(1 for r in rows if r["outcome"] != "refused")
+    emit(args, {"results": rows, "written": written, "refused": len(rows) - written}, f"{written} written to {args.dst}, {len(rows) - written} refused")
+    return EXIT_REFUSED if written < len(rows) else EXIT_OK
 
 
 def _when(ts: float) -> str:
@@ -189,7 +207,7 @@ def cmd_quarantine_show(args: argparse.Namespace) -> int:
 
 
 def cmd_quarantine_release(args: argparse.Namespace) -> int:
-    box, service = _service(args)
+    box, service = _service(args, len(args.ids))  # in workers: a file held for a timeout must not hang the CLI
     try:
         results = [service.release(i) for i in args.ids]
         service.sweep()
@@ -198,6 +216,7 @@ def cmd_quarantine_release(args: argparse.Namespace) -> int:
         emit(args, {"results": [r.to_json() for r in results], "released": len(results) - len(still)}, text)
         return EXIT_REFUSED if still else EXIT_OK
     finally:
+        service.close()
         box.close()
 
 
@@ -219,11 +238,15 @@ def cmd_quarantine_purge(args: argparse.Namespace) -> int:
 def cmd_bench_ingest(args: argparse.Namespace) -> int:
     from edge_agent.ingest.bench import DEFAULT_CORPUS, run_bench
 
-    result = run_bench(args.corpus or DEFAULT_CORPUS, args.limit)
-    lines = [f"{result['files']} files, {result['megabytes']} MB"]
+    workers = args.settings.ingest_workers if args.workers is None else args.workers
+    result = run_bench(args.corpus or DEFAULT_CORPUS, args.limit, workers)
+    lines = [f"{result['files']} files, {result['megabytes']} MB; ours in {result['workers']} worker process(es) on {result['cores']} core(s), "
+             f"started in {result['pool_start_s']} s before the timing"]
     for r in [result["ours"], result["ours_deid_only"], *result["peers"]]:
         lines.append(f"{r['name']:<48} {r['files_per_s']:>8} files/s {r['mb_per_s']:>8} MB/s  errors {r['errors']}")
     for peer, ratio in result["ratios"].items():
         lines.append(f"ours/{peer}: full path {ratio['full_ours_over_peer']}x, de-identification alone {ratio['deid_only_ours_over_peer']}x")
+    lines.append("worker ms/file: " + ", ".join(f"{k} {v}" for k, v in result["worker_ms_per_file"].items()))
+    lines.append("parent ms/file: " + ", ".join(f"{k} {v}" for k, v in result["parent_ms_per_file"].items()))
     emit(args, result, "\n".join(lines))
     return EXIT_OK

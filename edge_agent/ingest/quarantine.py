@@ -24,7 +24,6 @@ from edge_agent.ingest.studies import fixes_json
 from edge_agent.store import transaction
 from provisioning.envelope import open_sealed, seal
 
-
 AAD = b"mammo-quarantine:"
 
 
@@ -39,10 +38,19 @@ class Quarantine:
 
     def hold(self, data: bytes, *, reason_code: str, reason: str, source: str, label: str, fixes: tuple[Fix, ...], now: float | None = None) -> int:
         """Seal the file and record why; holding the same bytes again updates the reason, not a new entry."""
+        digest = self.keep(data, source=source, label=label)
+        return self.record(digest, size=len(data), reason_code=reason_code, reason=reason, source=source, fixes=fixes, now=now)
+
+    def keep(self, data: bytes, *, source: str, label: str) -> str:
+        """The first half of ``hold``: seal the file on disk (no database), so callers may do it outside their database lock."""
         digest = sha256(data)
-        now = time.time() if now is None else now
         header = json.dumps({"label": label, "source": source}, ensure_ascii=False).encode("utf-8")
         atomic_write(self._path(digest), seal(self._key, struct.pack(">I", len(header)) + header + data, AAD + digest.encode()))
+        return digest
+
+    def record(self, digest: str, *, size: int, reason_code: str, reason: str, source: str, fixes: tuple[Fix, ...], now: float | None = None) -> int:
+        """The second half of ``hold``: the index row for a file ``keep`` sealed; returns its id."""
+        now = time.time() if now is None else now
         with transaction(self.db) as db:
             row = db.execute(
                 "INSERT INTO ingest_quarantine (digest, reason_code, reason, source, size, fixes, status, received_at)"
@@ -50,7 +58,7 @@ class Quarantine:
                 " ON CONFLICT (digest) DO UPDATE SET reason_code = excluded.reason_code, reason = excluded.reason,"
                 "   fixes = excluded.fixes, status = 'held', resolved_at = NULL"
                 " RETURNING id",
-                [digest, reason_code, reason, source, len(data), fixes_json(fixes), now],
+                [digest, reason_code, reason, source, size, fixes_json(fixes), now],
             ).fetchone()
         return int(row[0])
 

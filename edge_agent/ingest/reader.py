@@ -12,25 +12,22 @@ from __future__ import annotations
 import io
 import logging
 import re
-import signal
-import threading
 import time
 import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 import pydicom
 from pydicom.charset import convert_encodings
+from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.datadict import dictionary_VR
+from pydicom.pixels.decoders.base import get_decoder
+from pydicom.tag import BaseTag
 from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from edge_agent.errors import DicomRejected
 from edge_agent.ingest.records import Fix
-
 
 
 class _DropValueWarnings(logging.Filter):
@@ -79,7 +76,7 @@ class Decoded:
 
 
 class Deadline:
-    """A per-file time budget checked between stages (and enforced by SIGALRM on the main thread)."""
+    """A per-file time budget checked between stages: a clean reason early; the hard limit is the worker pool's kill."""
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
@@ -88,31 +85,6 @@ class Deadline:
     def check(self, stage: str) -> None:
         if time.monotonic() > self.end:
             raise DicomRejected("timeout", f"Processing exceeded {self.seconds:g} s during {stage}; raise ingest_timeout_s or release the file from quarantine on a faster box.")
-
-
-class _Alarm(BaseException):
-    pass
-
-
-@contextmanager
-def time_limit(seconds: float) -> Iterator[None]:
-    """Interrupt a runaway parse or decode. Only possible on the main thread; elsewhere the stage checks of ``Deadline`` apply."""
-    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
-        yield
-        return
-
-    def _raise(signum, frame):  # noqa: ARG001
-        raise _Alarm()
-
-    previous = signal.signal(signal.SIGALRM, _raise)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    except _Alarm:
-        raise DicomRejected("timeout", f"Processing exceeded {seconds:g} s; raise ingest_timeout_s or release the file from quarantine.") from None
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def ts_name(uid: str) -> str:
@@ -168,7 +140,7 @@ def _fix_transfer_syntax(ds: Dataset, data: bytes) -> list[Fix]:
 def _fix_charset(ds: Dataset) -> list[Fix]:
     """Name a missing or misspelt character set before text is decoded, so Turkish names come through intact."""
     fixes: list[Fix] = []
-    raw = ds._dict.get(0x00080005)
+    raw = ds._dict.get(BaseTag(0x00080005))
     declared = ""
     if raw is not None:
         value = raw.value if isinstance(raw, RawDataElement) else ds.SpecificCharacterSet
@@ -223,16 +195,14 @@ def _walk(ds: Dataset, depth: int, max_depth: int) -> list[Fix]:
                 known = "UN"
             if known not in ("UN", "") and " or " not in known:
                 fixes.append(Fix("vr_un_resolved", f"Element {tag} was sent as UN; read with its dictionary VR {known}.", str(tag)))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            elem = ds[tag]
+        elem = ds[tag]  # read() has warnings off: pydicom warns on each oddity of broken input
         if elem.VR == "SQ" and elem.value is not None:
             for item in elem.value:
                 fixes += _walk(item, depth + 1, max_depth)
     return fixes
 
 
-def _int(ds: Dataset, keyword: str, default: int | None = None) -> int | None:
+def _int(ds: Dataset, keyword: str, default: int = 0) -> int:
     value = ds.get(keyword, default)
     if value is None or value == "":
         return default
@@ -267,16 +237,19 @@ def check_and_decode(ds: Dataset, limits: ReadLimits, deadline: Deadline) -> np.
             raise DicomRejected("truncated_pixel_data", f"Pixel data holds {len(ds.PixelData or b'')} bytes but the header declares {expected}; the transfer was cut short, send it again.")
     else:
         try:
-            decoder = pydicom.pixels.get_decoder(ts)
+            decoder = get_decoder(ts)
         except NotImplementedError:
             decoder = None
         if decoder is None or not decoder.is_available:
             raise DicomRejected("unsupported_transfer_syntax", f"No decoder installed for {name} ({ts}); install pylibjpeg plugins or ask the modality for another syntax.")
     deadline.check("pixel check")
+    # The checks need one frame (the burned-in look reads the first): decode only that, unless MONOCHROME1 must be inverted
+    # in every frame. No colour conversion: the first channel of YBR is luminance, which is what text detection wants.
+    mono1 = str(ds.get("PhotometricInterpretation", "") or "").strip().upper() == "MONOCHROME1"
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            arr = ds.pixel_array
+            arr, _ = get_decoder(ts).as_array(ds, index=None if frames == 1 or mono1 else 0, raw=True)
     except MemoryError:
         raise DicomRejected("image_too_large", "Not enough memory to decode this image; lower the load or raise memory.") from None
     except Exception as exc:
@@ -288,8 +261,8 @@ def check_and_decode(ds: Dataset, limits: ReadLimits, deadline: Deadline) -> np.
 def read(data: bytes, limits: ReadLimits, deadline: Deadline | None = None) -> Decoded:
     """Parse, check and decode one file; raises DicomRejected with a reason code.
 
-    The caller wraps this in ``time_limit`` to bound a runaway decode; the
-    deadline is checked between stages in any case.
+    The deadline is checked between stages; a decode that never returns is
+    ended by the worker pool, which kills the process.
     """
     deadline = deadline or Deadline(limits.timeout_s)
     # pydicom warns about every oddity of broken input; those are handled as fixes or rejections here.

@@ -22,7 +22,7 @@ from pydicom.tag import Tag
 from edge_agent.ingest import annex_e, mg
 from edge_agent.ingest.deid import DeidKeys, deidentify, remap_uid
 from edge_agent.ingest.reader import ReadLimits, valid_uid
-from edge_agent.ingest.service import process
+from edge_agent.ingest.prepare import process
 
 SHARED = Path(__file__).resolve().parents[3].parent / "shared"
 
