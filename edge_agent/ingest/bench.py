@@ -208,19 +208,37 @@ def _pydicom_deid(files: list[Path]) -> dict[str, Any]:
     return _timed("pydicom/deid: read+default recipe+write", files, run)
 
 
-def run_bench(corpus: Path = DEFAULT_CORPUS, limit: int | None = None, workers: int = 0) -> dict[str, Any]:
+def _fastest(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    return max(runs, key=lambda r: float(r["files_per_s"]))
+
+
+def run_bench(corpus: Path = DEFAULT_CORPUS, limit: int | None = None, workers: int = 0, rounds: int = 3) -> dict[str, Any]:
+    """Ours and dicognito take turns for ``rounds`` rounds (a fresh box each time) and the fastest round of each counts.
+
+    Taking turns and the best of several keeps a burst of other work on the
+    machine from landing on one side only; every round is in the JSON.
+    """
     from edge_agent.ingest.pool import usable_cores, worker_count
 
     files = corpus_files(corpus, limit)
     if not files:
         raise FileNotFoundError(f"No DICOM files under {corpus}; pass --corpus PATH (the shared data folder beside the checkout).")
     workers = worker_count(workers)
-    with tempfile.TemporaryDirectory(prefix="mammo-bench-ingest-") as tmp:
-        ours = _ours(files, Path(tmp), workers)
-    peers = [_dicognito(files), _pydicom_deid(files)]
+    ours_rounds, dicognito_rounds = [], []
+    for _ in range(max(1, rounds)):
+        with tempfile.TemporaryDirectory(prefix="mammo-bench-ingest-") as tmp:
+            ours_rounds.append(_ours(files, Path(tmp), workers))
+        dicognito_rounds.append(_dicognito(files))
+    ours = max(ours_rounds, key=lambda r: float(r["full"]["files_per_s"]))
+    peers = [_fastest(dicognito_rounds), _pydicom_deid(files)]
     stages = _stages(files)
-    full, only = ours["full"], ours["deid_only"]
+    full, only = ours["full"], _fastest([r["deid_only"] for r in ours_rounds])
     return {
+        "rounds": {
+            "ours_files_per_s": [r["full"]["files_per_s"] for r in ours_rounds],
+            "ours_deid_only_files_per_s": [r["deid_only"]["files_per_s"] for r in ours_rounds],
+            "dicognito_files_per_s": [r["files_per_s"] for r in dicognito_rounds],
+        },
         "corpus": str(corpus),
         "files": len(files),
         "megabytes": round(sum(p.stat().st_size for p in files) / 1e6, 2),
@@ -240,7 +258,8 @@ def run_bench(corpus: Path = DEFAULT_CORPUS, limit: int | None = None, workers: 
         },
         "worker_ms_per_file": stages,
         "parent_ms_per_file": ours["parent_ms_per_file"],
-        "note": "Ours runs in worker processes (one file each at a time, started before the timing: pool_start_s); the peers run "
+        "note": "Fastest of the rounds for ours and dicognito (they take turns); pydicom/deid runs once. "
+        "Ours runs in worker processes (one file each at a time, started before the timing: pool_start_s); the peers run "
         "one file at a time in this process, as their APIs do. Peers de-identify only (no decode, fix, encryption or fsync). "
         "dicognito keeps private tags and writes no CID 7050 codes; pydicom/deid's default recipe is not Annex E. "
         "worker_ms_per_file times each stage alone in process; parent_ms_per_file is the parent's share in the full run.",

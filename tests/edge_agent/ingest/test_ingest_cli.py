@@ -82,8 +82,8 @@ def test_bench_ingest_prints_side_by_side_figures(home, tmp_path, capsys, study)
     corpus = tmp_path / "corpus"
     for i, ds in enumerate(study):
         mg.write(ds, corpus / f"{i}.dcm")
-    code, result, _ = _run(capsys, "bench", "ingest", "--corpus", str(corpus), "--json")
-    assert code == EXIT_OK and result["files"] == 4
+    code, result, _ = _run(capsys, "bench", "ingest", "--corpus", str(corpus), "--rounds", "2", "--workers", "2", "--json")
+    assert code == EXIT_OK and result["files"] == 4 and result["workers"] == 2 and len(result["rounds"]["ours_files_per_s"]) == 2
     assert result["ours"]["files_per_s"] > 0 and result["outcomes"] == {"accepted": 4}
     assert {p["name"].split(":")[0] for p in result["peers"]} == {"dicognito", "pydicom/deid"}
     assert set(result["ratios"]) == {"dicognito", "pydicom/deid"}
