@@ -364,7 +364,7 @@ class DicomReceiver:
                 continue
             try:
                 if state.oversize:
-                    self.service.ingest_path(path, source=f"scp:{state.calling}")  # above the limit: quarantined unread
+                    self.service.ingest_path(path, source=f"scp:{state.calling}", label=f"C-STORE from {state.calling} (aborted)")  # above the limit: quarantined unread
                 else:
                     log.warning("incomplete C-STORE from %s (%s) discarded: the association ended mid-transfer; the modality resends it", state.calling, state.address)
             except MammoError as exc:
@@ -389,7 +389,7 @@ class DicomReceiver:
             if path is None:
                 result = self.service.ingest_bytes(event.encoded_dataset(include_meta=True), source=source, label=f"C-STORE from {calling}")
             else:
-                result = self.service.ingest_path(Path(path), source=source)
+                result = self.service.ingest_path(Path(path), source=source, label=f"C-STORE from {calling}")
         except StorageFull:
             log.error("C-STORE from %s refused: storage full", calling)
             return STATUS_OUT_OF_RESOURCES

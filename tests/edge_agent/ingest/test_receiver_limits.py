@@ -130,11 +130,13 @@ class RecordingService:
         self.inner = inner
         self.paths: list[tuple[Path, int, int]] = []
         self.byte_calls = 0
+        self.labels: list[str | None] = []
 
-    def ingest_path(self, path, *, source):
+    def ingest_path(self, path, *, source, label=None):
         st = Path(path).stat()
         self.paths.append((Path(path), stat.S_IMODE(st.st_mode), st.st_size))
-        return self.inner.ingest_path(path, source=source)
+        self.labels.append(label)
+        return self.inner.ingest_path(path, source=source, label=label)
 
     def ingest_bytes(self, data, *, source, label=""):
         self.byte_calls += 1
@@ -194,6 +196,7 @@ def test_stored_dataset_goes_through_a_private_spool_file(rig, study, start_rece
     path, mode, size = service.paths[0]
     assert path.parent == spool and mode == 0o600 and size > 128 * 128
     assert "MAMMO_UNIT" in path.name
+    assert service.labels == ["C-STORE from MAMMO_UNIT"]  # the sender, not the spool file's name
     assert _count(rig, "ingest_instances") == 1
     assert _wait_until(lambda: not any(spool.iterdir())), list(spool.iterdir())
 
