@@ -26,6 +26,7 @@ import multiprocessing
 import os
 import queue
 import signal
+import sys
 import threading
 import time
 import warnings
@@ -45,6 +46,7 @@ TIMEOUT = "timeout"
 WORKER_CRASHED = "worker_crashed"
 _READY = "ready"
 _START_ATTEMPTS = 3
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [ingest worker %(process)d]: %(message)s"
 
 
 def usable_cores() -> int:
@@ -71,9 +73,11 @@ def describe_exit(code: int | None) -> str:
     return f"exit status {code}"
 
 
-def _worker_main(conn: Connection, options: Options, work: Work) -> None:
+def _worker_main(conn: Connection, options: Options, work: Work, log_level: int) -> None:
     """A worker's whole life: answer one request at a time until the pipe closes or None arrives."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group; the parent decides
+    # A spawned interpreter has no logging set up: log as the CLI does, to the same stderr, naming the worker.
+    logging.basicConfig(level=log_level, format=LOG_FORMAT, stream=sys.stderr)
     warnings.simplefilter("ignore")  # pydicom warns on every oddity of broken input; each becomes a fix or a refusal
     conn.send((_READY, os.getpid()))
     while True:
@@ -98,7 +102,8 @@ class _Worker:
 
     def __init__(self, ctx: Any, options: Options, work: Work) -> None:
         here, there = ctx.Pipe(duplex=True)
-        self.process = ctx.Process(target=_worker_main, args=(there, options, work), name="mammo-ingest-worker", daemon=True)
+        args = (there, options, work, logging.getLogger().getEffectiveLevel())
+        self.process = ctx.Process(target=_worker_main, args=args, name="mammo-ingest-worker", daemon=True)
         self.process.start()
         there.close()
         self.conn: Connection = here
