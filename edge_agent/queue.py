@@ -22,16 +22,18 @@ stores its result.
 from __future__ import annotations
 
 import json
+import os
 import random
-import secrets
+import sqlite3
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import sqlite_utils
 
 from edge_agent.errors import LeaseLost
-from edge_agent.store import transaction
+from edge_agent.store import transaction, translate, turn_of
 
 Effect = Callable[[sqlite_utils.Database], None]
 
@@ -40,6 +42,34 @@ KNOWN_QUEUES = ("ingest", "infer", "report", "outbox", "notify", "train")
 
 PRIORITY_ROUTINE = 0
 PRIORITY_URGENT = 10
+
+# The hot statements, as constants: sqlite3 keeps each prepared once per connection, keyed by its text.
+_ENQUEUE = (
+    "INSERT INTO jobs (queue, key, payload, priority, state, max_attempts, available_at, created_at, updated_at)"
+    " VALUES (?1, ?2, ?3, ?4, 'ready', ?5, ?6, ?7, ?7)"
+    " ON CONFLICT (queue, key) WHERE key IS NOT NULL DO NOTHING"
+)
+_BY_KEY = "SELECT id FROM jobs WHERE queue = ? AND key = ?"
+# The open job that is due: ready and available, or leased with its lease run out (its worker died).
+_DUE = (
+    "SELECT id, payload, key, priority, attempts, max_attempts, created_at FROM jobs"
+    " WHERE queue = ?1 AND closed_at IS NULL AND (CASE state WHEN 'ready' THEN available_at ELSE lease_expires_at END) <= ?2"
+    " ORDER BY priority DESC, available_at, id LIMIT 1"
+)
+# Lease it only if nobody did since it was read (same attempts, still due): a compare-and-set, so the
+# read and the write need no transaction around them.  Cheaper than UPDATE ... RETURNING here.
+_LEASE = (
+    "UPDATE jobs SET state = 'leased', lease_token = ?1, leased_by = ?2, lease_expires_at = ?3, attempts = ?4 + 1, updated_at = ?5"
+    " WHERE id = ?6 AND attempts = ?4 AND closed_at IS NULL AND (CASE state WHEN 'ready' THEN available_at ELSE lease_expires_at END) <= ?5"
+)
+_BURY = (
+    "UPDATE jobs SET state = 'dead', lease_token = NULL, last_error = ?1, updated_at = ?2, closed_at = ?2"
+    " WHERE id = ?3 AND attempts = ?4 AND closed_at IS NULL"
+)
+_ACK = (
+    "UPDATE jobs SET state = 'done', lease_token = NULL, done_at = ?1, updated_at = ?1, closed_at = ?1"
+    " WHERE id = ?2 AND state = 'leased' AND lease_token = ?3"
+)
 
 
 @dataclass(frozen=True)
@@ -57,7 +87,7 @@ def retry_delay(attempt: int, policy: RetryPolicy, rand: float) -> float:
     Half the delay is fixed so a retry never fires at once; the other half is
     spread by ``rand`` in [0, 1) so a fleet of boxes does not retry in step.
     """
-    ceiling = min(policy.backoff_cap_s, policy.backoff_base_s * 2 ** max(0, attempt - 1))
+    ceiling = min(policy.backoff_cap_s, policy.backoff_base_s * 2.0 ** max(0, attempt - 1))
     return ceiling / 2 + rand * ceiling / 2
 
 
@@ -112,6 +142,8 @@ class JobQueue:
         rand: Callable[[], float] = random.random,
     ) -> None:
         self.db = db
+        self._conn = db.conn
+        self._turn = turn_of(db.conn)
         self.policy = policy
         self._clock = clock
         self._rand = rand
@@ -126,9 +158,21 @@ class JobQueue:
         max_attempts: int | None = None,
         delay_s: float = 0.0,
     ) -> EnqueueResult:
-        """Add a job; a job with the same ``key`` in the same queue is not added twice."""
-        with transaction(self.db) as db:
-            return self.enqueue_tx(db, queue, payload, key=key, priority=priority, max_attempts=max_attempts, delay_s=delay_s)
+        """Add a job; a job with the same ``key`` in the same queue is not added twice.
+
+        One INSERT is its own transaction (SQLite commits it when the statement ends), so an
+        enqueue costs one statement and one commit, not BEGIN, INSERT and COMMIT.
+        """
+        now = self._clock()
+        args = (queue, key, _encode(payload), priority, max_attempts or self.policy.max_attempts, now + delay_s, now)
+        with self._turn:
+            try:
+                cur = sqlite3.Cursor(self._conn).execute(_ENQUEUE, args)
+                if cur.rowcount == 1:
+                    return EnqueueResult(cur.lastrowid, True)  # type: ignore[arg-type]
+                return EnqueueResult(cur.execute(_BY_KEY, (queue, key)).fetchone()[0], False)
+            except sqlite3.Error as exc:
+                raise translate(exc) from exc
 
     def enqueue_tx(
         self,
@@ -143,65 +187,53 @@ class JobQueue:
     ) -> EnqueueResult:
         """:meth:`enqueue` inside a transaction the caller holds (e.g. an ack effect queuing the next step)."""
         now = self._clock()
-        body = json.dumps(payload, separators=(",", ":"), sort_keys=True)
-        row = db.execute(
-            "INSERT INTO jobs (queue, key, payload, priority, state, max_attempts, available_at, created_at, updated_at)"
-            " VALUES (?, ?, ?, ?, 'ready', ?, ?, ?, ?)"
-            " ON CONFLICT (queue, key) WHERE key IS NOT NULL DO NOTHING RETURNING id",
-            [queue, key, body, priority, max_attempts or self.policy.max_attempts, now + delay_s, now, now],
-        ).fetchone()
-        if row is not None:
-            return EnqueueResult(row[0], True)
-        existing = db.execute("SELECT id FROM jobs WHERE queue = ? AND key = ?", [queue, key]).fetchone()
-        return EnqueueResult(existing[0], False)
+        cur = db.execute(_ENQUEUE, [queue, key, _encode(payload), priority, max_attempts or self.policy.max_attempts, now + delay_s, now])
+        if cur.rowcount == 1:
+            return EnqueueResult(cur.lastrowid, True)  # type: ignore[arg-type]
+        return EnqueueResult(db.execute(_BY_KEY, [queue, key]).fetchone()[0], False)
 
     def claim(self, queue: str, *, worker: str = "worker", lease_s: float = 60.0) -> Job | None:
-        """Lease the most urgent available job, or return None when there is none."""
-        with transaction(self.db) as db:
-            return self._claim_tx(db, queue, worker, lease_s)
+        """Lease the most urgent available job, or return None when there is none.
 
-    def _claim_tx(self, db: sqlite_utils.Database, queue: str, worker: str, lease_s: float) -> Job | None:
+        A read and a compare-and-set UPDATE, with no BEGIN/COMMIT around them: the UPDATE is its
+        own transaction, like :meth:`enqueue`.
+        """
+        with self._turn:
+            try:
+                return self._claim(sqlite3.Cursor(self._conn), queue, worker, lease_s)
+            except sqlite3.Error as exc:
+                raise translate(exc) from exc
+
+    def _claim(self, cur: sqlite3.Cursor, queue: str, worker: str, lease_s: float) -> Job | None:
         while True:
             now = self._clock()
-            row = db.execute(
-                "UPDATE jobs SET state = 'leased', lease_token = ?, leased_by = ?, lease_expires_at = ?,"
-                " attempts = attempts + 1, updated_at = ?"
-                " WHERE id = (SELECT id FROM jobs WHERE queue = ? AND state IN ('ready', 'leased')"
-                "   AND (CASE state WHEN 'ready' THEN available_at ELSE lease_expires_at END) <= ?"
-                "   ORDER BY priority DESC, available_at, id LIMIT 1)"
-                " RETURNING id, queue, payload, key, priority, attempts, max_attempts, lease_token, created_at",
-                [secrets.token_hex(8), worker, now + lease_s, now, queue, now],
-            ).fetchone()
+            row = cur.execute(_DUE, (queue, now)).fetchone()
             if row is None:
                 return None
-            job = Job(row[0], row[1], json.loads(row[2]), row[3], row[4], row[5], row[6], row[7], row[8])
-            if job.attempts <= job.max_attempts:
-                return job
-            # Its leases kept expiring: the worker dies on it every time. Stop retrying.
-            db.execute(
-                "UPDATE jobs SET state = 'dead', lease_token = NULL, last_error = ?, updated_at = ? WHERE id = ?",
-                [f"lease expired {job.max_attempts} times (worker crashed or hung on this job)", now, job.id],
-            )
+            job_id, payload, key, priority, attempts, max_attempts, created_at = row
+            if attempts >= max_attempts:
+                # Its leases kept expiring: the worker dies on it every time. Stop retrying.
+                cur.execute(_BURY, (f"lease expired {max_attempts} times (worker crashed or hung on this job)", now, job_id, attempts))
+                continue
+            token = os.urandom(8).hex()
+            if cur.execute(_LEASE, (token, worker, now + lease_s, attempts, now, job_id)).rowcount == 1:
+                return Job(job_id, queue, json.loads(payload), key, priority, attempts + 1, max_attempts, token, created_at)
+            # Another process leased it between the two statements: look again.
 
     def ack(self, job: Job, within: Effect | None = None) -> None:
         """Complete the job; ``within`` runs in the same transaction, so its effect lands exactly once."""
         with transaction(self.db) as db:
-            self._ack_tx(db, job, within)
+            self._ack(sqlite3.Cursor(self._conn), db, job, within)
 
     def ack_and_claim(self, job: Job, within: Effect | None = None, *, worker: str = "worker", lease_s: float = 60.0) -> Job | None:
         """Complete ``job`` and lease the next one in a single commit (one fsync instead of two per job)."""
         with transaction(self.db) as db:
-            self._ack_tx(db, job, within)
-            return self._claim_tx(db, job.queue, worker, lease_s)
+            cur = sqlite3.Cursor(self._conn)
+            self._ack(cur, db, job, within)
+            return self._claim(cur, job.queue, worker, lease_s)
 
-    def _ack_tx(self, db: sqlite_utils.Database, job: Job, within: Effect | None) -> None:
-        now = self._clock()
-        cur = db.execute(
-            "UPDATE jobs SET state = 'done', lease_token = NULL, done_at = ?, updated_at = ?"
-            " WHERE id = ? AND state = 'leased' AND lease_token = ?",
-            [now, now, job.id, job.lease_token],
-        )
-        if cur.rowcount != 1:
+    def _ack(self, cur: sqlite3.Cursor, db: sqlite_utils.Database, job: Job, within: Effect | None) -> None:
+        if cur.execute(_ACK, (self._clock(), job.id, job.lease_token)).rowcount != 1:
             raise LeaseLost(f"Job {job.id} ({job.queue}) lost its lease before ack; another worker owns it now.")
         if within is not None:
             within(db)
@@ -214,9 +246,9 @@ class JobQueue:
         available = now if dead else now + retry_delay(job.attempts, self.policy, self._rand())
         with transaction(self.db) as db:
             cur = db.execute(
-                "UPDATE jobs SET state = ?, available_at = ?, lease_token = NULL, last_error = ?, updated_at = ?"
+                "UPDATE jobs SET state = ?, available_at = ?, lease_token = NULL, last_error = ?, updated_at = ?, closed_at = ?"
                 " WHERE id = ? AND state = 'leased' AND lease_token = ?",
-                [state, available, error[:4000], now, job.id, job.lease_token],
+                [state, available, error[:4000], now, now if dead else None, job.id, job.lease_token],
             )
             if cur.rowcount != 1:
                 raise LeaseLost(f"Job {job.id} ({job.queue}) lost its lease before fail.")
@@ -252,7 +284,7 @@ class JobQueue:
 
     def requeue_dead(self, queue: str, job_ids: list[int] | None = None) -> int:
         """Put dead-lettered jobs back in line with fresh attempts; returns how many."""
-        sql = "UPDATE jobs SET state = 'ready', attempts = 0, available_at = ?, updated_at = ? WHERE state = 'dead' AND queue = ?"
+        sql = "UPDATE jobs SET state = 'ready', attempts = 0, available_at = ?, updated_at = ?, closed_at = NULL WHERE state = 'dead' AND queue = ?"
         now = self._clock()
         args: list[Any] = [now, now, queue]
         if job_ids:
@@ -285,3 +317,6 @@ class JobQueue:
     def get_state(self, job_id: int) -> str | None:
         row = self.db.execute("SELECT state FROM jobs WHERE id = ?", [job_id]).fetchone()
         return row[0] if row else None
+
+
+_encode: Callable[[Mapping[str, Any]], str] = json.JSONEncoder(separators=(",", ":"), sort_keys=True).encode

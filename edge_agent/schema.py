@@ -33,6 +33,14 @@ QUEUE = [
         WHERE state IN ('ready', 'leased');
     CREATE INDEX jobs_dead ON jobs (queue, id) WHERE state = 'dead';
     """,
+    # 2: the open-jobs index keyed on closed_at (set when a job is done or dead, cleared on requeue), not on
+    #    state: a claim (ready -> leased) then rewrites its row and touches no index.
+    """
+    ALTER TABLE jobs ADD COLUMN closed_at REAL;
+    UPDATE jobs SET closed_at = coalesce(done_at, updated_at) WHERE state IN ('done', 'dead');
+    DROP INDEX jobs_open;
+    CREATE INDEX jobs_open ON jobs (queue, priority DESC, available_at, id) WHERE closed_at IS NULL;
+    """,
 ]
 
 INGEST = [

@@ -194,3 +194,32 @@ def test_backoff_setting_describes_the_jitter_the_queue_applies():
     lowest, highest = retry_delay(1, p, 0.0), retry_delay(1, p, 0.999999)
     assert "equal jitter" in help_text.lower() and "full jitter" not in help_text.lower()
     assert lowest == p.backoff_base_s / 2 and highest <= p.backoff_base_s
+
+
+def test_a_database_from_the_first_queue_schema_keeps_its_jobs_after_the_upgrade(tmp_path: Path):
+    """Migration 2 moves the open-jobs index onto closed_at: done and dead jobs stay closed, ready ones are claimed."""
+    import sqlite3
+
+    from edge_agent.schema import MIGRATIONS
+    from edge_agent.store import APPLICATION_ID, _statements
+
+    path = tmp_path / "old.sqlite3"
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+    conn.execute("CREATE TABLE schema_migrations (component TEXT NOT NULL, version INTEGER NOT NULL, applied_at REAL NOT NULL,"
+                 " PRIMARY KEY (component, version))")
+    for statement in _statements(MIGRATIONS["queue"][0]):
+        conn.execute(statement)
+    conn.execute("INSERT INTO schema_migrations VALUES ('queue', 1, 0)")
+    for n, state in enumerate(("done", "dead", "ready")):
+        conn.execute("INSERT INTO jobs (queue, payload, state, max_attempts, available_at, created_at, updated_at, done_at)"
+                     " VALUES ('infer', ?, ?, 5, 0, 0, 7, ?)", [f'{{"n": {n}}}', state, 7 if state == "done" else None])
+    conn.close()
+    db = open_database(path)
+    assert db.execute("SELECT state, closed_at FROM jobs ORDER BY id").fetchall() == [("done", 7), ("dead", 7), ("ready", None)]
+    q = JobQueue(db)
+    assert q.claim("infer").payload == {"n": 2}
+    assert q.claim("infer") is None
+    assert q.requeue_dead("infer") == 1
+    assert q.claim("infer").payload == {"n": 1}
+    db.conn.close()
