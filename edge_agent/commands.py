@@ -47,6 +47,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], bench_sub
     p.add_argument("--jobs", type=int, default=5000)
     p.add_argument("--soak", action="store_true", help="run SIGKILL cycles and count lost/duplicated jobs")
     p.add_argument("--cycles", type=int, default=1000)
+    p.add_argument("--rounds", type=int, default=3, help="turns each store takes (its median round is reported)")
     add_json_flag(p)
     p.set_defaults(handler=cmd_bench_queue)
 
@@ -132,14 +133,8 @@ def cmd_queue_requeue(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_queue(args: argparse.Namespace) -> int:
-    from edge_agent.bench.queue import run_bench, run_soak
+    from edge_agent.bench.queue import run_bench, run_soak, summary
 
-    result = run_soak(args.cycles) if args.soak else run_bench(args.jobs)
-    if args.soak:
-        text = (f"SIGKILL cycles: {result['sigkill_cycles']}, jobs: {result['jobs_enqueued']}, "
-                f"lost: {result['lost']}, duplicated: {result['duplicated']}, integrity: {result['integrity_check']}")
-    else:
-        text = "\n".join(f"{k:32s} {v['jobs_per_s']:>9.1f} jobs/s  claim+ack p99 {v['claim_ack_p99_ms']:.3f} ms" for k, v in result["results"].items())
-        text += f"\nours / best peer ({result['best_peer']}): {result['ratio_ours_to_best_peer']}"
-    emit(args, result, text)
+    result = run_soak(args.cycles) if args.soak else run_bench(args.jobs, args.rounds)
+    emit(args, result, summary(result))
     return EXIT_OK if not args.soak or (result["lost"] == 0 and result["duplicated"] == 0) else EXIT_FAILED
