@@ -245,7 +245,7 @@ def cmd_bench_ingest(args: argparse.Namespace) -> int:
              f"started in {result['pool_start_s']} s before the timing; fastest of {len(result['rounds']['ours_files_per_s'])} rounds "
              f"(ours {result['rounds']['ours_files_per_s']}, dicognito {result['rounds']['dicognito_files_per_s']} files/s)"]
     for r in [result["ours"], result["ours_deid_only"], *result["peers"]]:
-        lines.append(f"{r['name']:<48} {r['files_per_s']:>8} files/s {r['mb_per_s']:>8} MB/s  errors {r['errors']}")
+        lines.append(f"{r['name']:<48} {r['files_per_s']:>8} files/s {r['mb_per_s']:>8} MB/s {r['cpu_ms_per_file']:>7} ms CPU/file  errors {r['errors']}")
     for peer, ratio in result["ratios"].items():
         lines.append(f"ours/{peer}: full path {ratio['full_ours_over_peer']}x, de-identification alone {ratio['deid_only_ours_over_peer']}x")
     lines.append("worker ms/file: " + ", ".join(f"{k} {v}" for k, v in result["worker_ms_per_file"].items()))
