@@ -23,7 +23,7 @@ import numpy as np
 
 from models.errors import ReleaseError, RuntimeUnavailable
 from models.explain import cam_from_outputs
-from models.preprocess import heatmap_to_original, preprocess
+from models.preprocess import Preprocessed, WorkImage, heatmap_to_original, preprocess
 from models.release_files import Release, load_release, suspicion, triage
 
 __all__ = ["BACKENDS", "is_available", "Screener", "ScreeningResult", "evaluate_folder", "stack_input"]
@@ -144,10 +144,11 @@ class ScreeningResult:
     p_abnormal_other: float | None  # the other breast of the study, when given
     suspicion: float  # contralateral score the triage uses (models.release_files.suspicion)
     triage: str
-    heatmap: np.ndarray  # (H, W) float32 0..1 on the ORIGINAL image grid
+    heatmap: np.ndarray  # float32 0..1 on the ORIGINAL image grid, reduced heatmap_factor times (1: full size)
     peak_xy: tuple[int, int]  # heatmap maximum, original pixels (x, y from top)
     model_version: str
     backend: str
+    heatmap_factor: int = 1  # one heatmap cell = heatmap_factor x heatmap_factor original pixels
 
 
 class _Torch:
@@ -201,30 +202,42 @@ class Screener:
         (and, for a 2-channel model, the preprocessed other breast)."""
         return self._run(stack_input(x, other, self.channels))
 
-    def score(self, image: np.ndarray, other: np.ndarray | None = None) -> ScreeningResult:
-        """Score one raw mammogram (2-D array, any bit depth).
+    def score(self, image: np.ndarray | WorkImage, other: np.ndarray | WorkImage | None = None, *,
+              heatmap_side: int | None = None) -> ScreeningResult:
+        """Score one raw mammogram (2-D array, any bit depth, or its :class:`WorkImage`).
 
         ``other`` is the same woman's other breast, same view, when the study
         has it: the triage score subtracts part of its probability (see
         :func:`models.release_files.suspicion`). Without it the CV median
         stands in, which is less informative.
+
+        ``heatmap_side`` bounds the heatmap's longer side (the grid is the
+        original's, reduced by an integer factor); None keeps the full grid.
         """
         size = self.release.input_size
-        p = preprocess(image, size)
-        o = preprocess(other, size).image if other is not None else None
-        logits, lmap = self.raw(p.image, o)
+        return self.score_preprocessed(preprocess(image, size), preprocess(other, size) if other is not None else None,
+                                       heatmap_side=heatmap_side)
+
+    def score_preprocessed(self, p: Preprocessed, o: Preprocessed | None = None, *,
+                           heatmap_side: int | None = None) -> ScreeningResult:
+        """:meth:`score` after preprocessing (the box times the two apart)."""
+        other = o.image if o is not None else None
+        logits, lmap = self.raw(p.image, other)
         probs = _sigmoid(logits.astype(np.float64))
         p_other = None
-        if o is not None:
-            p_other = float(_sigmoid(float(self.raw(o, p.image)[0][0])))
+        if other is not None:
+            p_other = float(_sigmoid(float(self.raw(other, p.image)[0][0])))
         pts = self.release.operating_points
         s = suspicion(float(probs[0]), p_other, pts.beta, pts.fallback_p_other)
-        heat = heatmap_to_original(p.geometry, cam_from_outputs(lmap, p.mask))
+        g = p.geometry
+        f = 1 if heatmap_side is None else max(1, -(-max(g.height, g.width) // max(int(heatmap_side), 1)))
+        heat = heatmap_to_original(g, cam_from_outputs(lmap, p.mask), f)
         py, px = np.unravel_index(int(np.argmax(heat)), heat.shape)
+        peak = (min(int(px) * f + f // 2, g.width - 1), min(int(py) * f + f // 2, g.height - 1))
         return ScreeningResult(
             p_abnormal=float(probs[0]), p_malignant=float(probs[1]), p_abnormal_other=p_other,
             suspicion=s, triage=triage(s, pts), heatmap=heat,
-            peak_xy=(int(px), int(py)), model_version=self.release.version, backend=self.backend,
+            peak_xy=peak, model_version=self.release.version, backend=self.backend, heatmap_factor=f,
         )
 
 
@@ -263,7 +276,7 @@ def evaluate_folder(images: Path, release: Path | str | None = None, backend: st
         pm.append(res.p_malignant)
         sus.append(res.suspicion)
         if r.lesions:
-            hits.append(pointing_hit(res.heatmap, [(l.x, l.y, l.radius) for l in r.lesions]))
+            hits.append(pointing_hit(res.heatmap, [(les.x, les.y, les.radius) for les in r.lesions]))
     tissue = [r.tissue for r in records] if all(r.tissue for r in records) else None
     ab = [r.abnormal for r in records]
     women = [r.woman for r in records]

@@ -20,6 +20,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import sqlite_utils
@@ -54,10 +55,10 @@ class Activation:
     activated_at: float
     activated_by: str
     reason: str
-    selftest: dict
+    selftest: dict[str, Any]
 
 
-def _sort_key(p: Path) -> tuple:
+def _sort_key(p: Path) -> tuple[int, ...]:
     return tuple(int(x) if x.isdigit() else 0 for x in p.name.split("."))
 
 
@@ -106,7 +107,7 @@ def build_selftest(release_dir: Path, n_images: int = 4, size: int = 256) -> Pat
     return path
 
 
-def run_selftest(release: Release, backend: str, threads: int, tolerance: float) -> dict:
+def run_selftest(release: Release, backend: str, threads: int, tolerance: float) -> dict[str, Any]:
     """Run the release's bundled reference images through this box's runtime; compare with the shipped answers."""
     from models.runtime import Screener
 
@@ -117,7 +118,7 @@ def run_selftest(release: Release, backend: str, threads: int, tolerance: float)
         images, exp_a, exp_m = ref["images"], ref["expected_p_abnormal"], ref["expected_p_malignant"]
     screener = Screener(release, backend=backend, threads=threads)
     diffs = []
-    for img, ea, em in zip(images, exp_a, exp_m):
+    for img, ea, em in zip(images, exp_a, exp_m, strict=True):
         r = screener.score(img)
         if not (np.isfinite(r.p_abnormal) and np.isfinite(r.p_malignant) and np.all(np.isfinite(r.heatmap))):
             raise ModelError(f"Self-test of {release.version} on {backend}: the model produced NaN/inf. Activation refused.")
@@ -175,7 +176,7 @@ class ModelRegistry:
                 [release.version, str(path), digest, now, by, reason, json.dumps(selftest)],
             )
         log.info("model %s activated by %s (%s)", release.version, by, reason)
-        return Activation(cur.lastrowid, release.version, path, digest, now, by, reason, selftest)
+        return Activation(cast(int, cur.lastrowid), release.version, path, digest, now, by, reason, selftest)
 
     def rollback(self, *, by: str, backend: str = "onnx-int8", threads: int = 1) -> Activation:
         """Re-activate the model that was active before the current one."""

@@ -5,6 +5,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from typing import TYPE_CHECKING, cast
+
+import sqlite_utils
 
 from edge_agent.box import Box, retry_policy
 from edge_agent.inference.activation import ModelRegistry
@@ -19,6 +22,10 @@ from hardware_profiles.profiles import Profile, load_profiles
 from hardware_profiles.runtime import open_on_profile
 from hardware_profiles.select import Choice, choose
 
+if TYPE_CHECKING:
+    from models.release_files import Release
+    from models.runtime import Screener
+
 log = logging.getLogger(__name__)
 
 INFER_QUEUE = "infer"
@@ -32,7 +39,7 @@ def choose_profile(box: Box) -> tuple[Choice, dict[str, Profile], str | None]:
     return choice, profiles, delegate
 
 
-def record_runtime(db, profile: str, backend: str, version: str, fallback_reason: str | None) -> None:
+def record_runtime(db: sqlite_utils.Database, profile: str, backend: str, version: str, fallback_reason: str | None) -> None:
     with transaction(db) as d:
         d.execute(
             "INSERT OR REPLACE INTO infer_runtime (id, profile, backend, model_version, fallback_reason, updated_at) VALUES (1, ?, ?, ?, ?, ?)",
@@ -47,12 +54,12 @@ def make_handler(box: Box, choice: Choice, profiles: dict[str, Profile], delegat
     store = ImageStore(IngestPaths.of(box.settings).images, box.keystore.master_key())
     registry = ModelRegistry(db, box.settings)
 
-    def factory(release):
+    def factory(release: Release) -> Screener:
         opened = open_on_profile(release, choice.profile, profiles, delegate)
         record_runtime(db, opened.profile.name, opened.backend, release.version, opened.fallback_reason)
-        return opened.screener
+        return cast("Screener", opened.screener)
 
-    return InferenceHandler(queue, store, registry, factory, profile=choice.profile.name)
+    return InferenceHandler(queue, store, registry, factory, profile=choice.profile.name, parallel=choice.profile.threads)
 
 
 def start_services(box: Box, stop: threading.Event) -> list[threading.Thread]:

@@ -14,49 +14,85 @@ import json
 import logging
 import threading
 import time
-from dataclasses import asdict
-from typing import Callable
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pydicom
 import sqlite_utils
 from PIL import Image
 
 from edge_agent.errors import IntegrityError, MammoError, ModelError, StoreError
 from edge_agent.inference.activation import Activation, ModelRegistry, verify_release
+from edge_agent.inference.decode import work_image
 from edge_agent.inference.triage import ViewScore, aggregate
 from edge_agent.ingest.image_store import ImageStore
 from edge_agent.queue import Effect, Job, JobQueue
+from models.preprocess import Preprocessed, preprocess
 from models.release_files import suspicion
+
+if TYPE_CHECKING:
+    from models.release_files import Release
+    from models.runtime import Screener, ScreeningResult
 
 log = logging.getLogger(__name__)
 
 REPORT_QUEUE = "report"
 
-ScreenerFactory = Callable[[object], object]  # Release -> models.runtime.Screener
+#: Longest side of a stored heatmap. The kiosk draws views at 768 px and the
+#: map is an upsampled 16 x 16 lesion map, so a larger one would only cost
+#: PNG encoding time and store space (a full-size one of a detector image is
+#: 13 megapixels).
+HEATMAP_MAX_SIDE = 768
 
+#: The stages of one study, in order, as ``mammo bench study`` reports them.
+STAGES = ("read_decrypt", "decode", "preprocess", "inference", "heatmap", "store")
 
-def pixels_of(dicom_bytes: bytes) -> np.ndarray:
-    """The first frame of a stored (de-identified, MONOCHROME2) instance as a 2-D array."""
-    ds = pydicom.dcmread(io.BytesIO(dicom_bytes))
-    arr = ds.pixel_array
-    if arr.ndim == 3:
-        arr = arr[0] if ds.get("SamplesPerPixel", 1) == 1 else arr.mean(axis=-1)
-    return arr
+_Row = tuple[str, str, "str | None", "str | None"]  # sop_uid, digest, laterality, view
+ScreenerFactory = Callable[["Release"], "Screener"]
 
 
 def heatmap_png(heat: np.ndarray) -> bytes:
     """A heatmap in 0..1 as an 8-bit greyscale PNG (the kiosk colours it)."""
     buf = io.BytesIO()
-    Image.fromarray(np.clip(np.asarray(heat) * 255.0, 0, 255).astype(np.uint8)).save(buf, format="PNG", optimize=False)
+    Image.fromarray(np.clip(np.asarray(heat) * 255.0, 0, 255).astype(np.uint8)).save(buf, format="PNG", compress_level=1)
     return buf.getvalue()
+
+
+@dataclass
+class StudyTiming:
+    """Where one study's time went inside the handler: seconds per stage, and ``time.monotonic()``
+    instants (one clock for every process of the machine, so a benchmark can frame them)."""
+
+    study_uid: str
+    started: float
+    finished: float = 0.0
+    seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
+
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        """Add the block's time to ``name`` (views prepared in parallel add up: a stage may exceed the wall time)."""
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.seconds[name] += time.perf_counter() - t0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"study_uid": self.study_uid, "started": self.started, "finished": self.finished, "seconds": dict(self.seconds)}
 
 
 class InferenceHandler:
     """Holds the loaded model; reloads when the active model changes between studies."""
 
     def __init__(self, queue: JobQueue, store: ImageStore, registry: ModelRegistry, factory: ScreenerFactory,
-                 *, profile: str, clock: Callable[[], float] = time.time) -> None:
+                 *, profile: str, clock: Callable[[], float] = time.time, parallel: int = 1) -> None:
         self.queue = queue
         self.db = queue.db
         self.store = store
@@ -64,10 +100,14 @@ class InferenceHandler:
         self.factory = factory
         self.profile = profile
         self.clock = clock
-        self._loaded: tuple[int, object] | None = None  # (activation id, screener)
+        # views read, decoded and preprocessed at once (the profile's threads): decryption, hashing, decoders and
+        # numpy release the GIL, and while a study is being read the model is idle anyway
+        self.parallel = max(1, int(parallel))
+        self._loaded: tuple[int, Screener] | None = None  # (activation id, screener)
         self._lock = threading.Lock()
+        self.timings: deque[StudyTiming] = deque(maxlen=1000)  # the latest studies, for the benchmark and diagnosis
 
-    def screener(self) -> tuple[object, Activation]:
+    def screener(self) -> tuple[Screener, Activation]:
         """The screener of the active model; a newly activated model that fails to load leaves the old one in use."""
         act = self.registry.active()
         if act is None:
@@ -88,45 +128,76 @@ class InferenceHandler:
             self._loaded = (act.id, screener)
             return screener, act
 
+    def _prepare(self, digest: str, size: int, timing: StudyTiming) -> Preprocessed | Exception:
+        """One view from the sealed store to the model input; an error is returned (and recorded by the caller)."""
+        try:
+            with timing.stage("read_decrypt"):
+                data = self.store.get(digest)
+            with timing.stage("decode"):
+                work = work_image(data, size)
+            del data
+            with timing.stage("preprocess"):
+                return preprocess(work, size)
+        # ours (a damaged object, a picture that is no mammogram), then what pydicom and the decoders raise
+        except (IntegrityError, StoreError, ModelError, ValueError, TypeError, AttributeError, KeyError, NotImplementedError,
+                RuntimeError) as exc:
+            return exc
+
+    def _prepare_all(self, rows: list[_Row], size: int, timing: StudyTiming) -> list[Preprocessed | Exception]:
+        if self.parallel == 1 or len(rows) < 2:
+            return [self._prepare(digest, size, timing) for _, digest, _, _ in rows]
+        with ThreadPoolExecutor(max_workers=min(self.parallel, len(rows)), thread_name_prefix="infer-view") as pool:
+            return list(pool.map(lambda row: self._prepare(row[1], size, timing), rows))
+
     def __call__(self, job: Job) -> Effect:
         t0 = time.perf_counter()
         study_uid = job.payload["study_uid"]
+        timing = StudyTiming(study_uid, time.monotonic())
         screener, _act = self.screener()
-        rows = self.db.execute(
+        size = screener.release.input_size
+        rows: list[_Row] = self.db.execute(
             "SELECT sop_uid, digest, laterality, view FROM ingest_instances WHERE study_uid = ? AND modality = 'MG' ORDER BY received_at, sop_uid",
             [study_uid],
         ).fetchall()
         views: list[ViewScore] = []
         unreadable: list[str] = []
-        pixels: dict[str, np.ndarray] = {}
-        for sop_uid, digest, laterality, view in rows:
-            try:
-                pixels[sop_uid] = pixels_of(self.store.get(digest))
-            except (IntegrityError, StoreError) as exc:
-                unreadable.append(f"{laterality or '?'}-{view or '?'}: {exc}")
-            except (ValueError, TypeError, AttributeError, NotImplementedError, RuntimeError) as exc:
-                unreadable.append(f"{laterality or '?'}-{view or '?'}: image could not be decoded ({type(exc).__name__}: {exc})")
+        # Each view is read, decoded once and reduced at once, so at most `parallel` full-size images are in memory
+        # and what is kept per view is the 128 x 128 model input.
+        prepared: dict[str, Preprocessed] = {}
+        for (sop_uid, _digest, laterality, view), got in zip(rows, self._prepare_all(rows, size, timing), strict=True):
+            if isinstance(got, Preprocessed):
+                prepared[sop_uid] = got
+            elif isinstance(got, (IntegrityError, StoreError)):
+                unreadable.append(f"{laterality or '?'}-{view or '?'}: {got}")
+            elif isinstance(got, ModelError):  # models.errors.InputImageError: decoded, but not a usable mammogram
+                unreadable.append(f"{laterality or '?'}-{view or '?'}: image could not be scored ({got})")
+            else:
+                unreadable.append(f"{laterality or '?'}-{view or '?'}: image could not be decoded ({type(got).__name__}: {got})")
         # Score each view once; its suspicion then uses the other breast's score from the same pass
-        # (Screener.score(image, other) would preprocess and run the other breast a second time).
-        scored: dict[str, object] = {}
-        for sop_uid, digest, laterality, view in rows:
-            if sop_uid not in pixels:
+        # (Screener.score(image, other) would run the other breast a second time).
+        scored: dict[str, ScreeningResult] = {}
+        for sop_uid, _digest, laterality, view in rows:
+            if sop_uid not in prepared:
                 continue
             other = None
             if screener.channels > 1:  # a two-breast model reads the other breast as an input channel
-                other = next((pixels[o] for o, _, lat, v in rows if o in pixels and v == view and lat and lat != laterality), None)
+                other = next((prepared[o] for o, _, lat, v in rows if o in prepared and v == view and lat and lat != laterality), None)
             try:
-                scored[sop_uid] = screener.score(pixels[sop_uid], other)
+                with timing.stage("inference"):
+                    scored[sop_uid] = screener.score_preprocessed(prepared[sop_uid], other, heatmap_side=HEATMAP_MAX_SIDE)
             except (ModelError, ValueError) as exc:
                 unreadable.append(f"{laterality or '?'}-{view or '?'}: image could not be scored ({exc})")
         points = screener.release.operating_points
-        for sop_uid, digest, laterality, view in rows:
+        for sop_uid, _digest, laterality, view in rows:
             result = scored.get(sop_uid)
             if result is None:
                 continue
             p_other = next((scored[o].p_abnormal for o, _, lat, v in rows if o in scored and v == view and lat and lat != laterality), None)
-            heat_digest, _ = self.store.put(heatmap_png(result.heatmap))
-            views.append(ViewScore(sop_uid, laterality, view, result.p_abnormal, result.p_malignant,
+            with timing.stage("heatmap"):
+                png = heatmap_png(result.heatmap)
+            with timing.stage("store"):
+                heat_digest, _ = self.store.put(png)
+            views.append(ViewScore(sop_uid, laterality or "?", view or "?", result.p_abnormal, result.p_malignant,
                                    suspicion(result.p_abnormal, p_other, points.beta, points.fallback_p_other),
                                    result.peak_xy[0], result.peak_xy[1], heat_digest))
         release = screener.release
@@ -150,11 +221,14 @@ class InferenceHandler:
                 )
             self.queue.enqueue_tx(db, REPORT_QUEUE, {"study_uid": study_uid, "status": outcome.status}, key=f"report:{study_uid}")
 
-        log.info("study %s…: %s %s (%.0f ms)", study_uid[:16], outcome.status, outcome.triage or "", elapsed_ms)
+        timing.finished = time.monotonic()
+        self.timings.append(timing)
+        log.info("study %s…: %s %s (%.0f ms: %s)", study_uid[:16], outcome.status, outcome.triage or "", elapsed_ms,
+                 ", ".join(f"{k} {v * 1000:.0f}" for k, v in timing.seconds.items()))
         return effect
 
 
-def result_of(db: sqlite_utils.Database, study_uid: str) -> dict | None:
+def result_of(db: sqlite_utils.Database, study_uid: str) -> dict[str, Any] | None:
     """The stored result of a study as plain data (for the CLI and tests)."""
     row = db.execute(
         "SELECT status, triage, study_score, breast_scores, reasons, model_version, profile, backend, elapsed_ms FROM infer_results WHERE study_uid = ?",

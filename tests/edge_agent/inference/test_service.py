@@ -88,9 +88,18 @@ def test_model_cli_lists_and_activates(tmp_path, shipped_dir, release_dir):
     assert [h["path"] for h in with_history["history"]] == [str(release_dir.resolve())]
 
 
-def test_bench_study_prints_int8_beside_pytorch_fp32(tmp_path):
-    out = _mammo("bench", "study", "--studies", "2", "--latency-studies", "2", "--size", "256", "--json", home=tmp_path)
+def test_bench_study_prints_int8_beside_pytorch_fp32_per_transfer_syntax_and_stage(tmp_path):
+    out = _mammo("bench", "study", "--studies", "1", "--latency-studies", "2", "--size", "256x320", "--pixel-sets", "1", "--json", home=tmp_path)
+    assert out["image_size"] == [256, 320] and out["bits_stored"] == 14
     ours, peer = out["results"]["int8 (active profile)"], out["results"]["pytorch fp32"]
     assert ours["backend"] == "onnx-int8" and peer["backend"] == "torch-fp32"
-    assert ours["result_statuses"] == {"done": 5} and peer["result_statuses"] == {"done": 5}
-    assert out["ratio_p95_int8_to_pytorch_fp32"] == round(ours["p95_ms"] / peer["p95_ms"], 3)
+    syntaxes = out["transfer_syntaxes"]
+    assert syntaxes[:2] == ["native", "rle"] and set(syntaxes) <= {"native", "rle", "j2k"}
+    n = 1 + len(syntaxes) * 3  # warm-up, then 2 latency + 1 sustained per syntax
+    assert ours["result_statuses"] == {"done": n} and peer["result_statuses"] == {"done": n}
+    for name in syntaxes:
+        o, p = ours["by_syntax"][name], peer["by_syntax"][name]
+        assert 0 < o["p50_ms"] <= o["p95_ms"] and out["ratio_p95_int8_to_pytorch_fp32"][name] == round(o["p95_ms"] / p["p95_ms"], 3)
+        assert list(o["stages_ms"]) == ["receive_ingest", "read_decrypt", "decode", "preprocess", "inference", "heatmap", "store", "commit"]
+        assert all(v["p50"] > 0 for k, v in o["stages_ms"].items() if k in ("receive_ingest", "decode", "preprocess", "inference"))
+    assert 0 < ours["peak_rss_mb"] and 0 < peer["peak_rss_mb"]

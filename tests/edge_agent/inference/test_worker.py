@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from edge_agent.inference.worker import result_of
+from edge_agent.ingest import mg
 from edge_agent.worker import Worker
 
 
@@ -93,3 +94,38 @@ def test_each_view_is_triaged_against_the_same_view_of_the_other_breast(screenin
     for v in r["views"]:
         other = "R" if v["laterality"] == "L" else "L"
         assert v["suspicion"] == pytest.approx(v["p_abnormal"] - beta * p[(other, v["view"])])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("parallel", [1, 2])
+def test_real_size_rle_study_is_triaged_with_heatmaps_of_bounded_size(screening, parallel):
+    """3328 x 4096, 14 bits stored, RLE Lossless: what a detector sends, through the real ingest and handler."""
+    from edge_agent.inference import realsize
+    from edge_agent.inference.worker import HEATMAP_MAX_SIDE, STAGES
+
+    screening.handler.parallel = parallel
+    patient, uid = mg.fake_patient(40 + parallel), mg._uid("real-size", parallel)
+    views = {}
+    for lat in ("R", "L"):
+        img = realsize.pixels(41 if lat == "R" else 42, lat)
+        views[(lat, "CC")] = views[(lat, "MLO")] = (img, realsize.encode(img, realsize.SYNTAXES["rle"]))
+    for ds in realsize.study(views, realsize.SYNTAXES["rle"], patient=patient, study_uid=uid):
+        assert str(ds.file_meta.TransferSyntaxUID) == str(realsize.SYNTAXES["rle"])
+        res = screening.ingest.ingest_bytes(mg.to_bytes(ds), source="test")
+        assert res.digest, res
+    del views
+    assert drain(screening).done == 1
+    r = result_of(screening.box.db, res.study_uid)
+    assert r["status"] == "done" and r["triage"] in {"no_suspicious_finding", "radiologist_review", "priority_radiologist_review"}
+    assert len(r["views"]) == 4
+    for v in r["views"]:
+        png = screening.store.get(v["heatmap_digest"])
+        heat = np.asarray(Image.open(io.BytesIO(png)))
+        assert max(heat.shape) <= HEATMAP_MAX_SIDE and heat.dtype == np.uint8
+        assert heat.shape[0] / heat.shape[1] == pytest.approx(4096 / 3328, rel=0.01)  # the detector's portrait shape
+        assert len(png) < 256 * 1024
+        assert 0 <= v["peak_x"] < 3328 and 0 <= v["peak_y"] < 4096  # in the original image's pixels
+        # the peak is inside the breast, on the chest-wall side the laterality says
+        assert (v["peak_x"] > 3328 / 3) if v["laterality"] == "R" else (v["peak_x"] < 2 * 3328 / 3)
+    timing = screening.handler.timings[-1]
+    assert set(timing.seconds) == set(STAGES) and all(timing.seconds[s] > 0 for s in ("read_decrypt", "decode", "preprocess", "inference"))

@@ -1,0 +1,97 @@
+"""A stored instance's pixels as the small work image preprocessing needs.
+
+A real detector image is 3000-4700 x 2300-3300 pixels at 12-16 bits (about
+27 MB as uint16, 54 MB as float32), but the network reads 128 x 128. So the
+full-size pixels live only for as long as it takes to reduce them:
+
+* JPEG 2000 carries its own lower resolutions (wavelet levels): Pillow's
+  OpenJPEG decodes straight at 1/2, 1/4, 1/8 of the size, which is 10-100
+  times faster than a full decode and never holds the full image. The level
+  nearest the work factor is taken (1/8 for a 3328 x 4096 image, whose
+  block-mean factor is 6): its shorter side stays above 2.8 times the input
+  size, and tests/models/test_preprocess.py bounds the difference it makes.
+* Everything else (uncompressed, RLE, JPEG, JPEG-LS) is decoded once, one
+  frame only, and reduced at once by an integer-factor block mean
+  (:func:`models.preprocess.to_work`) before any float copy is made.
+
+Either way the result is a :class:`models.preprocess.WorkImage`, which
+preprocessing finishes, so the reduction is the same one training and tests
+see.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import warnings
+
+import numpy as np
+import pydicom
+from pydicom.encaps import get_frame
+from pydicom.pixels.utils import pixel_array
+from pydicom.uid import JPEG2000, JPEG2000Lossless
+
+from models.preprocess import INPUT_SIZE, WorkImage, to_work, work_factor
+
+log = logging.getLogger(__name__)
+
+_J2K = (JPEG2000Lossless, JPEG2000)
+
+
+def _j2k_available() -> bool:
+    from PIL import features
+
+    return bool(features.check("jpg_2000"))
+
+
+def _j2k_reduced(ds: pydicom.Dataset, k: int) -> WorkImage | None:
+    """The first frame at 1/2**r of its size (2**r the power of two nearest k), or None when this file or Pillow cannot do that."""
+    if (k < 2 or int(ds.get("SamplesPerPixel", 1) or 1) != 1 or int(ds.get("PixelRepresentation", 0) or 0) != 0
+            or int(ds.get("BitsAllocated", 16) or 16) not in (8, 16) or not _j2k_available()):
+        return None
+    from PIL import Image, Jpeg2KImagePlugin
+
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    r = int(round(math.log2(k)))
+    try:
+        frame = get_frame(ds.PixelData, 0, number_of_frames=frames)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(frame)) as im:
+                if not isinstance(im, Jpeg2KImagePlugin.Jpeg2KImageFile):
+                    raise ValueError(f"Pillow read the frame as {im.format}, not a JPEG 2000 codestream")
+                im.reduce = r  # decode only the resolution levels needed
+                im.load()
+                arr = np.asarray(im)
+    except Exception as exc:  # a codestream with fewer levels, or one Pillow reads differently: decode it fully
+        log.info("JPEG 2000 reduced decode not possible (%s: %s); decoding at full size", type(exc).__name__, exc)
+        return None
+    rows, cols = int(ds.Rows), int(ds.Columns)
+    f = 1 << r
+    if arr.ndim != 2 or arr.shape != (-(-rows // f), -(-cols // f)):
+        log.info("JPEG 2000 reduced decode gave %s for %dx%d at 1/%d; decoding at full size", arr.shape, rows, cols, f)
+        return None
+    return WorkImage(arr, f, rows, cols)
+
+
+def work_image(dicom_bytes: bytes, size: int = INPUT_SIZE) -> WorkImage:
+    """The first frame of a stored (de-identified) instance, reduced for preprocessing at ``size``.
+
+    Raises what pydicom and the decoders raise (ValueError, TypeError,
+    AttributeError, NotImplementedError, RuntimeError, KeyError) for a file
+    that cannot be decoded; the caller records the view as unreadable.
+    """
+    ds = pydicom.dcmread(io.BytesIO(dicom_bytes))
+    k = work_factor(int(ds.Rows), int(ds.Columns), size)
+    if str(ds.file_meta.TransferSyntaxUID) in _J2K:
+        reduced = _j2k_reduced(ds, k)
+        if reduced is not None:
+            return to_work(reduced, size)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        arr = pixel_array(ds, index=0)  # one frame, not the whole multi-frame object
+    del ds  # the encoded pixel data is no longer needed
+    if arr.ndim == 3:  # colour: luminance
+        arr = arr.mean(axis=-1)
+    return to_work(arr, size)
