@@ -5,13 +5,12 @@
 
 from __future__ import annotations
 
-import pytest
-
-from edge_agent.ingest import mg
-
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
+from edge_agent.ingest import mg
 from edge_agent.ingest.service import IngestService
 from edge_agent.queue import JobQueue
 from edge_agent.settings import Settings

@@ -8,8 +8,8 @@ Identity), not from the engine's own resolver, and checked on the output.
 from __future__ import annotations
 
 import csv
-import io
 import datetime as dt
+import io
 from pathlib import Path
 
 import pydicom
@@ -21,8 +21,8 @@ from pydicom.tag import Tag
 
 from edge_agent.ingest import annex_e, mg
 from edge_agent.ingest.deid import DeidKeys, deidentify, remap_uid
-from edge_agent.ingest.reader import ReadLimits, valid_uid
 from edge_agent.ingest.prepare import process
+from edge_agent.ingest.reader import ReadLimits, valid_uid
 
 SHARED = Path(__file__).resolve().parents[3].parent / "shared"
 

@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -95,6 +96,10 @@ def test_a_worker_killed_while_idle_costs_no_file(pooled, hooks):
     service = pooled(hooks.misbehave)
     [pid] = service.pool.pids()
     os.kill(pid, signal.SIGKILL)
+    for _ in range(500):  # dead (a zombie until the pool reaps it) before the next file comes
+        if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+            break
+        time.sleep(0.02)
     result = service.ingest_bytes(_marked(1, "fine"), source="test")
     assert result.outcome == ACCEPTED and service.pool.pids() != [pid]
 

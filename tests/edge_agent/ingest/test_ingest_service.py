@@ -14,7 +14,6 @@ from edge_agent.ingest import mg, studies
 from edge_agent.ingest.records import ACCEPTED, FIXED, QUARANTINED
 
 
-
 def _send(rig, datasets, **kw):
     return [rig.service.ingest_bytes(mg.to_bytes(ds), source="test", **kw) for ds in datasets]
 
