@@ -22,7 +22,6 @@ stores its result.
 from __future__ import annotations
 
 import json
-import os
 import random
 import sqlite3
 import time
@@ -215,7 +214,7 @@ class JobQueue:
                 # Its leases kept expiring: the worker dies on it every time. Stop retrying.
                 cur.execute(_BURY, (f"lease expired {max_attempts} times (worker crashed or hung on this job)", now, job_id, attempts))
                 continue
-            token = os.urandom(8).hex()
+            token = f"{random.getrandbits(64):016x}"  # unique per lease, no system call; reseeded after fork
             if cur.execute(_LEASE, (token, worker, now + lease_s, attempts, now, job_id)).rowcount == 1:
                 return Job(job_id, queue, json.loads(payload), key, priority, attempts + 1, max_attempts, token, created_at)
             # Another process leased it between the two statements: look again.

@@ -17,9 +17,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.mark.slow
 def test_worker_killed_at_random_moments_loses_nothing_and_completes_nothing_twice(tmp_path):
-    result = run_soak(300, seed=7, home=tmp_path)
-    assert result["kills_after_lease_signal"] == 300, "each kill waits until the worker says it holds a lease"
-    assert result["kills_that_hit_a_lease"] > 250, "the kills must land while the killed worker holds a lease"
+    result = run_soak(200, seed=7, home=tmp_path)
+    assert result["kills_after_lease_signal"] == 200, "each kill waits until the worker says it holds a lease"
+    assert result["kills_that_hit_a_lease"] > 180, "the kills must land while the killed worker holds a lease"
     assert result["lost"] == 0
     assert result["duplicated"] == 0
     assert result["jobs_done"] == result["jobs_enqueued"]
