@@ -73,12 +73,20 @@ def describe_exit(code: int | None) -> str:
     return f"exit status {code}"
 
 
+def _exit_with_parent(parent: int) -> None:
+    """A worker stuck on a file outlives a parent killed with SIGKILL (the pipe's EOF is only read between files): end it."""
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(0)
+
+
 def _worker_main(conn: Connection, options: Options, work: Work, log_level: int) -> None:
     """A worker's whole life: answer one request at a time until the pipe closes or None arrives."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group; the parent decides
     # A spawned interpreter has no logging set up: log as the CLI does, to the same stderr, naming the worker.
     logging.basicConfig(level=log_level, format=LOG_FORMAT, stream=sys.stderr)
     warnings.simplefilter("ignore")  # pydicom warns on every oddity of broken input; each becomes a fix or a refusal
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), name="parent-watch", daemon=True).start()
     conn.send((_READY, os.getpid()))
     while True:
         try:

@@ -143,3 +143,42 @@ def test_worker_count_follows_the_cores_unless_set():
 
 def test_exit_descriptions_name_the_signal():
     assert describe_exit(-signal.SIGSEGV) == "killed by SIGSEGV" and describe_exit(3) == "exit status 3"
+
+
+_PARENT = """
+import sys, threading, time
+sys.path.insert(0, {hooks_dir!r})
+import pool_hooks
+from edge_agent.ingest.deid import DeidKeys
+from edge_agent.ingest.pool import IngestPool
+from edge_agent.ingest.prepare import Options, Request
+from edge_agent.ingest.reader import ReadLimits
+
+if __name__ == "__main__":
+    pool = IngestPool(Options(ReadLimits(), DeidKeys(b"u" * 32, b"d" * 32, b"p" * 32)), workers=1, timeout_s=600,
+                      work=pool_hooks.misbehave).start()
+    threading.Thread(target=pool.run, args=(Request(data=b"HANG-FOREVER"),), daemon=True).start()
+    print(pool.pids()[0], flush=True)
+    time.sleep(600)
+"""
+
+
+def test_a_worker_stuck_on_a_file_ends_when_the_daemon_is_killed(tmp_path):
+    import subprocess
+    import sys
+
+    script = tmp_path / "parent.py"
+    script.write_text(_PARENT.format(hooks_dir=str(Path(__file__).parent)))
+    with subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True) as parent:
+        try:
+            worker = int(parent.stdout.readline())
+        finally:
+            parent.kill()  # SIGKILL: no atexit, no chance to stop its workers
+    for _ in range(1000):
+        stat = Path(f"/proc/{worker}/stat")
+        if not stat.exists() or stat.read_text().rsplit(")", 1)[1].split()[0] == "Z":
+            break
+        time.sleep(0.02)
+    else:
+        os.kill(worker, signal.SIGKILL)
+        pytest.fail("the ingest worker outlived its killed parent")
