@@ -43,7 +43,7 @@ class DeidKeys:
     max_shift_days: int = 3650
 
     @classmethod
-    def from_keystore(cls, keystore: Keystore, max_shift_days: int = 3650) -> "DeidKeys":
+    def from_keystore(cls, keystore: Keystore, max_shift_days: int = 3650) -> DeidKeys:
         return cls(keystore.secret("uid-remap"), keystore.secret("date-shift"), keystore.secret("pseudonym"), max_shift_days)
 
 

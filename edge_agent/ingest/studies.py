@@ -10,7 +10,7 @@ Only MG studies are triaged; other modalities are stored but never queued.
 from __future__ import annotations
 
 import json
-from typing import Iterable
+from collections.abc import Iterable
 
 import sqlite_utils
 
