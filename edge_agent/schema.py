@@ -41,6 +41,39 @@ QUEUE = [
     DROP INDEX jobs_open;
     CREATE INDEX jobs_open ON jobs (queue, priority DESC, available_at, id) WHERE closed_at IS NULL;
     """,
+    # 3: the state CHECK written as ORs, not as an IN list: SQLite builds a throwaway index for an IN list
+    #    each time a statement checks it, which cost about a fifth of the CPU of an enqueue or a claim+ack.
+    #    SQLite cannot alter a constraint, so the table is rebuilt (same columns, same ids, same indexes).
+    """
+    CREATE TABLE jobs_v3 (
+        id INTEGER PRIMARY KEY,
+        queue TEXT NOT NULL,
+        key TEXT,
+        payload TEXT NOT NULL,
+        priority INTEGER NOT NULL DEFAULT 0,
+        state TEXT NOT NULL CHECK (state = 'ready' OR state = 'leased' OR state = 'done' OR state = 'dead'),
+        attempts INTEGER NOT NULL DEFAULT 0,
+        max_attempts INTEGER NOT NULL,
+        available_at REAL NOT NULL,
+        lease_token TEXT,
+        leased_by TEXT,
+        lease_expires_at REAL,
+        last_error TEXT,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        done_at REAL,
+        closed_at REAL
+    );
+    INSERT INTO jobs_v3 (id, queue, key, payload, priority, state, attempts, max_attempts, available_at, lease_token,
+                         leased_by, lease_expires_at, last_error, created_at, updated_at, done_at, closed_at)
+        SELECT id, queue, key, payload, priority, state, attempts, max_attempts, available_at, lease_token,
+               leased_by, lease_expires_at, last_error, created_at, updated_at, done_at, closed_at FROM jobs;
+    DROP TABLE jobs;
+    ALTER TABLE jobs_v3 RENAME TO jobs;
+    CREATE UNIQUE INDEX jobs_idempotency ON jobs (queue, key) WHERE key IS NOT NULL;
+    CREATE INDEX jobs_open ON jobs (queue, priority DESC, available_at, id) WHERE closed_at IS NULL;
+    CREATE INDEX jobs_dead ON jobs (queue, id) WHERE state = 'dead';
+    """,
 ]
 
 INGEST = [

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from edge_agent.errors import LeaseLost
-from edge_agent.queue import PRIORITY_URGENT, JobQueue, RetryPolicy, retry_delay
+from edge_agent.queue import PRIORITY_URGENT, EnqueueResult, JobQueue, RetryPolicy, retry_delay
 from edge_agent.store import open_database
 
 
@@ -223,3 +223,101 @@ def test_a_database_from_the_first_queue_schema_keeps_its_jobs_after_the_upgrade
     assert q.requeue_dead("infer") == 1
     assert q.claim("infer").payload == {"n": 1}
     db.conn.close()
+
+
+def _old_queue_schema(path: Path, versions: int):
+    """A box database holding only the first ``versions`` queue migrations, as an older release left it."""
+    import sqlite3
+
+    from edge_agent.schema import MIGRATIONS
+    from edge_agent.store import APPLICATION_ID, _statements
+
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+    conn.execute("CREATE TABLE schema_migrations (component TEXT NOT NULL, version INTEGER NOT NULL, applied_at REAL NOT NULL,"
+                 " PRIMARY KEY (component, version))")
+    for version in range(1, versions + 1):
+        for statement in _statements(MIGRATIONS["queue"][version - 1]):
+            conn.execute(statement)
+        conn.execute("INSERT INTO schema_migrations VALUES ('queue', ?, 0)", [version])
+    return conn
+
+
+def _program(conn, sql: str) -> list[str]:
+    import re
+
+    params = max((int(n) for n in re.findall(r"\?(\d+)", sql)), default=sql.count("?"))
+    return [row[1] for row in conn.execute("EXPLAIN " + sql, [None] * params).fetchall()]
+
+
+def test_queue_statements_build_no_throwaway_table_per_run(tmp_path: Path):
+    """The state CHECK as an IN list made SQLite build an ephemeral index on every insert and update (a fifth of the CPU)."""
+    from edge_agent import queue as queue_module
+
+    hot = [queue_module._ENQUEUE, queue_module._DUE, queue_module._LEASE, queue_module._ACK, queue_module._BURY]
+    old = _old_queue_schema(tmp_path / "v2.sqlite3", 2)
+    assert any("OpenEphemeral" in _program(old, sql) for sql in hot)  # what migration 3 fixes
+    old.close()
+    db = open_database(tmp_path / "v2.sqlite3")
+    assert [sql for sql in hot if "OpenEphemeral" in _program(db.conn, sql)] == []
+    with pytest.raises(Exception, match="CHECK"):  # the constraint itself still holds
+        db.execute("INSERT INTO jobs (queue, payload, state, max_attempts, available_at, created_at, updated_at)"
+                   " VALUES ('infer', '{}', 'lost', 5, 0, 0, 0)")
+    db.conn.close()
+
+
+def test_the_table_rebuild_keeps_ids_keys_leases_and_states(tmp_path: Path):
+    """Migration 3 rebuilds the jobs table: every job keeps its id, key, lease and state; a done key still refuses a re-enqueue."""
+    path = tmp_path / "v2.sqlite3"
+    conn = _old_queue_schema(path, 2)
+    rows = [
+        (4, "k-done", "done", None, 7.0, 7.0), (9, "k-dead", "dead", None, None, 7.0),
+        (11, "k-leased", "leased", "tok", None, None), (12, None, "ready", None, None, None),
+    ]
+    for job_id, key, state, token, done_at, closed_at in rows:
+        conn.execute("INSERT INTO jobs (id, queue, key, payload, state, attempts, max_attempts, available_at, lease_token, leased_by,"
+                     " lease_expires_at, created_at, updated_at, done_at, closed_at)"
+                     " VALUES (?, 'infer', ?, ?, ?, 1, 5, 0, ?, 'w1', 10.0, 0, 7, ?, ?)",
+                     [job_id, key, f'{{"n": {job_id}}}', state, token, done_at, closed_at])
+    conn.close()
+    db = open_database(path)
+    assert db.execute("SELECT id, key, state, lease_token, done_at, closed_at FROM jobs ORDER BY id").fetchall() == [
+        (r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows
+    ]
+    assert {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE tbl_name = 'jobs' AND type = 'index'")} == {
+        "jobs_idempotency", "jobs_open", "jobs_dead"}
+    clock = Clock()
+    clock.now = 5.0  # the leased job's lease runs to t=10
+    q = JobQueue(db, clock=clock)
+    assert q.enqueue("infer", {"again": True}, key="k-done") == EnqueueResult(4, False)  # done, but its key still counts
+    assert q.claim("infer").id == 12
+    assert q.claim("infer") is None
+    clock.now = 11.0
+    again = q.claim("infer")
+    assert (again.id, again.attempts, again.key) == (11, 2, "k-leased")
+    assert q.enqueue("infer", {"n": 13}).job_id == 13
+    assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    db.conn.close()
+
+
+def test_a_claimed_job_is_a_plain_job_and_any_stored_json_decodes(q, db):
+    from edge_agent.queue import Job
+
+    q.enqueue("infer", {"b": [1, 2], "a": "x"})
+    job = q.claim("infer")
+    assert job == Job(job.id, "infer", {"a": "x", "b": [1, 2]}, None, 0, 1, 3, job.lease_token, job.created_at)
+    # Rows written by other code: spaces, a value that is not an object, trailing space.
+    for text, value in (('{"a": 1, "b": [1, 2]}', {"a": 1, "b": [1, 2]}), ("[1, 2] ", [1, 2]), (' "s"', "s")):
+        db.execute("INSERT INTO jobs (queue, payload, state, max_attempts, available_at, created_at, updated_at)"
+                   " VALUES ('odd', ?, 'ready', 3, 0, 0, 0)", [text])
+        assert q.claim("odd").payload == value
+
+
+def test_bench_reports_ours_without_and_with_keys_beside_the_peers():
+    from edge_agent.bench.queue import OURS, run_bench, summary
+
+    out = run_bench(40, rounds=1)
+    assert out["ours_keyed"]["jobs_per_s"] > 0 and out["results"][OURS]["jobs_per_s"] == out["ours_jobs_per_s"]
+    assert out["ratio_ours_keyed_to_best_peer"] == round(out["ours_keyed"]["jobs_per_s"] / out["best_peer_jobs_per_s"], 3)
+    assert "without idempotency keys" in out["headline"]
+    assert "with a key per job" in summary(out)
