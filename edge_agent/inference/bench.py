@@ -7,7 +7,10 @@ This process plays the modality: it sends real-size 4-view screening
 studies (3328 x 4096, 14 bits, see :mod:`edge_agent.inference.realsize`)
 over DICOM C-STORE, uncompressed, RLE and JPEG 2000. A study's time runs
 from the first C-STORE to its triage row being visible in the box database;
-the inference handler says where its part went (per stage). The same run
+the inference handler says where its part went (per stage). Most views are
+read, decoded and preprocessed while their study is still arriving (see
+:mod:`edge_agent.inference.viewcache`), inside ``receive_ingest``: their
+cost is reported per view (``view_stages_ms``). The same run
 repeats on a fresh box with the PyTorch fp32 model in the same path, for
 the ratio.
 """
@@ -21,12 +24,10 @@ import sqlite3
 import tempfile
 import threading
 import time
-from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
-import sqlite_utils
 from pydicom import Dataset
 
 from edge_agent.bench import percentile
@@ -34,12 +35,24 @@ from edge_agent.inference import realsize
 from edge_agent.settings import Settings
 
 if TYPE_CHECKING:
-    from models.release_files import Release
     from models.runtime import Screener
 
 #: The per-study stages reported, in path order: the handler's own, framed by the
 #: C-STORE and ingest before it and the result's commit after it.
 REPORTED_STAGES = ("receive_ingest", "read_decrypt", "decode", "preprocess", "inference", "heatmap", "store", "commit")
+
+
+def _peak_rss_mb() -> float:
+    """This process's peak resident memory. Linux's VmHWM starts afresh at exec, whereas ru_maxrss keeps the
+    high-water mark of the parent the process was forked from (here: the bench, holding every study's pixels)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def _free_port() -> int:
@@ -51,10 +64,8 @@ def _free_port() -> int:
 def _box_main(conn: Connection, home: str, backend: str | None) -> None:
     """The box, in its own process: ready -> (port, AE title, database) ... stop -> what it measured."""
     from edge_agent.box import open_box
-    from edge_agent.inference.activation import ModelRegistry
-    from edge_agent.inference.service import INFER_QUEUE, choose_profile, make_handler
+    from edge_agent.inference.service import start_workers
     from edge_agent.ingest.service import start_services as start_ingest
-    from edge_agent.worker import Worker
 
     port = _free_port()
     settings = Settings.load(env={
@@ -63,19 +74,10 @@ def _box_main(conn: Connection, home: str, backend: str | None) -> None:
     })
     box = open_box(settings, interactive=False)
     stop = threading.Event()
-    threads = start_ingest(box, stop)
-    choice, profiles, delegate = choose_profile(box)
-    ModelRegistry(box.db, settings).ensure_active()
-    handlers = []
-    for i in range(choice.profile.workers):
-        handler = make_handler(box, choice, profiles, delegate)
-        if backend is not None:
-            handler.factory = _fixed_backend_factory(handler.queue.db, backend, choice.profile.threads)
-        handlers.append(handler)
-        w = Worker(handler.queue, INFER_QUEUE, handler, name=f"bench-{i}", poll_s=0.002, stop=stop)
-        t = threading.Thread(target=w.run, daemon=True)
-        t.start()
-        threads.append(t)
+    threads = start_ingest(box, stop)  # what `mammo up` starts, with the PyTorch model swapped in for the peer
+    handlers, infer_threads = start_workers(box, stop, backend=backend)
+    threads += infer_threads
+    ready_rss = _peak_rss_mb()
     try:
         conn.send(("ready", port, settings.dicom_ae_title, str(settings.db_path)))
         conn.recv()  # "stop"
@@ -87,24 +89,15 @@ def _box_main(conn: Connection, home: str, backend: str | None) -> None:
             t.join(timeout=60)
         box.close()
     timings = sorted((t for h in handlers for t in h.timings), key=lambda t: t.started)
+    view_timings = sorted(v for h in handlers for v in h.view_timings)
     conn.send({
         "profile": runtime[0], "backend": runtime[1], "fallback_reason": runtime[2], "result_statuses": statuses,
         "timings": [t.as_dict() for t in timings],
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "view_timings": view_timings,
+        "peak_rss_mb": _peak_rss_mb(),
+        "rss_when_ready_mb": ready_rss,  # imports, model, receiver: before the first study
         "peak_rss_largest_worker_process_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1),
     })
-
-
-def _fixed_backend_factory(db: sqlite_utils.Database, backend: str, threads: int) -> Callable[[Release], Screener]:
-    """The same path with another model form (the PyTorch original), recorded like a profile."""
-    from edge_agent.inference.service import record_runtime
-    from models.runtime import Screener
-
-    def factory(release: Release) -> Screener:
-        record_runtime(db, f"bench:{backend}", backend, release.version, None)
-        return Screener(release, backend=backend, threads=threads)
-
-    return factory
 
 
 def _send(port: int, ae_title: str, study: list[Dataset]) -> None:
@@ -219,8 +212,10 @@ def _run_box(backend: str | None, views: dict[str, list[realsize.Views]], n_late
             if proc.is_alive():
                 proc.kill()
     timings = box.pop("timings")
+    view_timings = box.pop("view_timings")
     for name in views:
         stages: dict[str, list[float]] = {s: [] for s in REPORTED_STAGES}
+        ready: list[int] = []
         for syntax, seq, t0, t_done in latency_marks:
             if syntax != name or seq - 1 >= len(timings):
                 continue
@@ -229,8 +224,16 @@ def _run_box(backend: str | None, views: dict[str, list[realsize.Views]], n_late
             for s in t["seconds"]:
                 stages[s].append(t["seconds"][s])
             stages["commit"].append(t_done - t["finished"])
+            ready.append(t["views_ready"])
         per_syntax[name]["stages_ms"] = {s: {"p50": round(percentile(v, 50) * 1000, 1), "p95": round(percentile(v, 95) * 1000, 1)}
                                          for s, v in stages.items()}
+        per_syntax[name]["views_prepared_while_arriving_mean"] = round(float(np.mean(ready)), 2) if ready else None
+        windows = [(t0, t_done) for syntax, _, t0, t_done in latency_marks if syntax == name]
+        per_view = [sec for done_at, sec in view_timings if any(a <= done_at <= b for a, b in windows)]
+        per_syntax[name]["view_stages_ms"] = {s: {"p50": round(percentile([v[s] for v in per_view], 50) * 1000, 1),
+                                                  "p95": round(percentile([v[s] for v in per_view], 95) * 1000, 1)}
+                                              for s in ("read_decrypt", "decode", "preprocess")}
+        per_syntax[name]["views_timed"] = len(per_view)
     return box | {"by_syntax": per_syntax}
 
 

@@ -114,8 +114,11 @@ def cmd_bench_study(args: argparse.Namespace) -> int:
         o, p = ours["by_syntax"][name], peer["by_syntax"][name]
         lines.append(f"{name:6s} {result['study_bytes_mb'][name]:6.1f} MB/study  INT8: p50 {o['p50_ms']} ms, p95 {o['p95_ms']} ms, {o['studies_per_min']} studies/min"
                      f" | PyTorch fp32: p50 {p['p50_ms']} ms, p95 {p['p95_ms']} ms | ratio p95 {result['ratio_p95_int8_to_pytorch_fp32'][name]}")
-        lines.append("       stages p50 ms: " + ", ".join(f"{s} {v['p50']}" for s, v in o["stages_ms"].items()))
-    lines.append(f"peak RSS of the box: INT8 {ours['peak_rss_mb']} MB, PyTorch {peer['peak_rss_mb']} MB"
+        lines.append("       stages p50 ms: " + ", ".join(f"{s} {v['p50']}" for s, v in o["stages_ms"].items())
+                     + f"; views ready on arrival {o['views_prepared_while_arriving_mean']}/4")
+        lines.append("       per view p50 ms: " + ", ".join(f"{s} {v['p50']}" for s, v in o["view_stages_ms"].items()))
+    lines.append(f"peak RSS of the box: INT8 {ours['peak_rss_mb']} MB ({ours['rss_when_ready_mb']} MB before the first study),"
+                 f" PyTorch {peer['peak_rss_mb']} MB"
                  f" (largest ingest worker process {ours['peak_rss_largest_worker_process_mb']} MB); goal < {result['goal_peak_rss_mb']} MB")
     lines += result["notes"]
     emit(args, result, "\n".join(lines))

@@ -5,12 +5,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
 import sqlite_utils
 
 from edge_agent.box import Box, retry_policy
 from edge_agent.inference.activation import ModelRegistry
+from edge_agent.inference.viewcache import ViewCache
 from edge_agent.inference.worker import InferenceHandler
 from edge_agent.ingest.image_store import ImageStore
 from edge_agent.ingest.service import IngestPaths
@@ -47,7 +49,24 @@ def record_runtime(db: sqlite_utils.Database, profile: str, backend: str, versio
         )
 
 
-def make_handler(box: Box, choice: Choice, profiles: dict[str, Profile], delegate: str | None) -> InferenceHandler:
+#: How often an idle inference worker looks for a job, and the view poller for newly stored views (seconds).
+#: A claim and a rowid lookup are each one indexed statement, so this costs little and keeps a study's wait short.
+POLL_S = 0.05
+
+
+def fixed_backend_factory(db: sqlite_utils.Database, backend: str, threads: int) -> Callable[[Release], Screener]:
+    """Another model form (``mammo bench study`` runs the PyTorch original this way), recorded like a profile."""
+    from models.runtime import Screener
+
+    def factory(release: Release) -> Screener:
+        record_runtime(db, f"bench:{backend}", backend, release.version, None)
+        return Screener(release, backend=backend, threads=threads)
+
+    return factory
+
+
+def make_handler(box: Box, choice: Choice, profiles: dict[str, Profile], delegate: str | None, *,
+                 views: ViewCache | None = None, backend: str | None = None) -> InferenceHandler:
     """One handler with its own database connection (a worker thread owns it)."""
     db = open_database(box.settings.db_path, max_size_mb=box.settings.db_max_size_mb)
     queue = JobQueue(db, retry_policy(box.settings))
@@ -59,18 +78,36 @@ def make_handler(box: Box, choice: Choice, profiles: dict[str, Profile], delegat
         record_runtime(db, opened.profile.name, opened.backend, release.version, opened.fallback_reason)
         return cast("Screener", opened.screener)
 
-    return InferenceHandler(queue, store, registry, factory, profile=choice.profile.name, parallel=choice.profile.threads)
+    chosen = factory if backend is None else fixed_backend_factory(db, backend, choice.profile.threads)
+    return InferenceHandler(queue, store, registry, chosen, profile=choice.profile.name, parallel=choice.profile.threads, views=views)
 
 
-def start_services(box: Box, stop: threading.Event) -> list[threading.Thread]:
+def start_workers(box: Box, stop: threading.Event, *, backend: str | None = None) -> tuple[list[InferenceHandler], list[threading.Thread]]:
+    """The profile's inference workers, and one thread preparing views as they are stored (see viewcache)."""
     choice, profiles, delegate = choose_profile(box)
     log.info("hardware profile %s: %s", choice.profile.name, dict(choice.reasons).get(choice.profile.name))
     ModelRegistry(box.db, box.settings).ensure_active()
-    threads = []
+    views = ViewCache(choice.profile.threads)
+    handlers, threads = [], []
     for i in range(choice.profile.workers):
-        handler = make_handler(box, choice, profiles, delegate)
-        worker = Worker(handler.queue, INFER_QUEUE, handler, name=f"infer-{i}", lease_s=box.settings.queue_lease_s, poll_s=0.2, stop=stop)
-        t = threading.Thread(target=worker.run, name=f"infer-{i}", daemon=True)
+        handler = make_handler(box, choice, profiles, delegate, views=views, backend=backend)
+        worker = Worker(handler.queue, INFER_QUEUE, handler, name=f"infer-{i}", lease_s=box.settings.queue_lease_s, poll_s=POLL_S, stop=stop)
+        handlers.append(handler)
+        threads.append(threading.Thread(target=worker.run, name=f"infer-{i}", daemon=True))
+
+    def prepare_ahead() -> None:
+        while not stop.wait(POLL_S):
+            try:
+                handlers[0].prepare_ahead()
+            except Exception:  # a bad view is the job's to report; the poller must not die of it
+                log.exception("preparing newly stored views failed; the inference jobs will prepare them")
+
+    threads.append(threading.Thread(target=prepare_ahead, name="infer-views", daemon=True))
+    for t in threads:
         t.start()
-        threads.append(t)
-    return threads
+    return handlers, threads
+
+
+def start_services(box: Box, stop: threading.Event) -> list[threading.Thread]:
+    """Daemon hook for ``mammo up``."""
+    return start_workers(box, stop)[1]

@@ -29,6 +29,7 @@ from edge_agent.errors import IntegrityError, MammoError, ModelError, StoreError
 from edge_agent.inference.activation import Activation, ModelRegistry, verify_release
 from edge_agent.inference.decode import work_image
 from edge_agent.inference.triage import ViewScore, aggregate
+from edge_agent.inference.viewcache import ViewCache
 from edge_agent.ingest.image_store import ImageStore
 from edge_agent.queue import Effect, Job, JobQueue
 from models.preprocess import Preprocessed, preprocess
@@ -71,6 +72,7 @@ class StudyTiming:
     started: float
     finished: float = 0.0
     seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
+    views_ready: int = 0  # views prepared while the study was arriving (their stages are not in ``seconds``)
 
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
@@ -85,14 +87,15 @@ class StudyTiming:
                 self.seconds[name] += time.perf_counter() - t0
 
     def as_dict(self) -> dict[str, Any]:
-        return {"study_uid": self.study_uid, "started": self.started, "finished": self.finished, "seconds": dict(self.seconds)}
+        return {"study_uid": self.study_uid, "started": self.started, "finished": self.finished, "seconds": dict(self.seconds),
+                "views_ready": self.views_ready}
 
 
 class InferenceHandler:
     """Holds the loaded model; reloads when the active model changes between studies."""
 
     def __init__(self, queue: JobQueue, store: ImageStore, registry: ModelRegistry, factory: ScreenerFactory,
-                 *, profile: str, clock: Callable[[], float] = time.time, parallel: int = 1) -> None:
+                 *, profile: str, clock: Callable[[], float] = time.time, parallel: int = 1, views: ViewCache | None = None) -> None:
         self.queue = queue
         self.db = queue.db
         self.store = store
@@ -103,9 +106,12 @@ class InferenceHandler:
         # views read, decoded and preprocessed at once (the profile's threads): decryption, hashing, decoders and
         # numpy release the GIL, and while a study is being read the model is idle anyway
         self.parallel = max(1, int(parallel))
+        self.views = views if views is not None else ViewCache(self.parallel)
         self._loaded: tuple[int, Screener] | None = None  # (activation id, screener)
         self._lock = threading.Lock()
         self.timings: deque[StudyTiming] = deque(maxlen=1000)  # the latest studies, for the benchmark and diagnosis
+        # the latest views prepared, in a job or ahead of it: (time.monotonic() when done, seconds per stage)
+        self.view_timings: deque[tuple[float, dict[str, float]]] = deque(maxlen=4000)
 
     def screener(self) -> tuple[Screener, Activation]:
         """The screener of the active model; a newly activated model that fails to load leaves the old one in use."""
@@ -130,24 +136,43 @@ class InferenceHandler:
 
     def _prepare(self, digest: str, size: int, timing: StudyTiming) -> Preprocessed | Exception:
         """One view from the sealed store to the model input; an error is returned (and recorded by the caller)."""
+        mine = StudyTiming(digest, time.monotonic())
         try:
-            with timing.stage("read_decrypt"):
+            with timing.stage("read_decrypt"), mine.stage("read_decrypt"):
                 data = self.store.get(digest)
-            with timing.stage("decode"):
+            with timing.stage("decode"), mine.stage("decode"):
                 work = work_image(data, size)
             del data
-            with timing.stage("preprocess"):
-                return preprocess(work, size)
+            with timing.stage("preprocess"), mine.stage("preprocess"):
+                prepared = preprocess(work, size)
+            self.view_timings.append((time.monotonic(), {k: mine.seconds[k] for k in ("read_decrypt", "decode", "preprocess")}))
+            return prepared
         # ours (a damaged object, a picture that is no mammogram), then what pydicom and the decoders raise
         except (IntegrityError, StoreError, ModelError, ValueError, TypeError, AttributeError, KeyError, NotImplementedError,
                 RuntimeError) as exc:
             return exc
 
     def _prepare_all(self, rows: list[_Row], size: int, timing: StudyTiming) -> list[Preprocessed | Exception]:
+        """Every view's model input: ready ones from the cache, the others prepared now (in parallel)."""
+        def one(row: _Row) -> tuple[Preprocessed | Exception, bool]:
+            return self.views.get(row[1], size, lambda digest, s: self._prepare(digest, s, timing))
+
         if self.parallel == 1 or len(rows) < 2:
-            return [self._prepare(digest, size, timing) for _, digest, _, _ in rows]
-        with ThreadPoolExecutor(max_workers=min(self.parallel, len(rows)), thread_name_prefix="infer-view") as pool:
-            return list(pool.map(lambda row: self._prepare(row[1], size, timing), rows))
+            got = [one(row) for row in rows]
+        else:
+            with ThreadPoolExecutor(max_workers=min(self.parallel, len(rows)), thread_name_prefix="infer-view") as pool:
+                got = list(pool.map(one, rows))
+        timing.views_ready = sum(ready for _, ready in got)
+        return [result for result, _ in got]
+
+    def prepare_ahead(self) -> int:
+        """Prepare the views stored since the last call, before their study's job exists (see viewcache)."""
+        try:
+            screener, _ = self.screener()
+        except ModelError:
+            return 0  # no usable model yet: the jobs will say so
+        ahead = StudyTiming("(prepared ahead)", time.monotonic())
+        return self.views.prepare_new(self.db, screener.release.input_size, lambda digest, s: self._prepare(digest, s, ahead))
 
     def __call__(self, job: Job) -> Effect:
         t0 = time.perf_counter()
@@ -161,8 +186,8 @@ class InferenceHandler:
         ).fetchall()
         views: list[ViewScore] = []
         unreadable: list[str] = []
-        # Each view is read, decoded once and reduced at once, so at most `parallel` full-size images are in memory
-        # and what is kept per view is the 128 x 128 model input.
+        # Each view is read, decoded once and reduced at once (most of them while the study was arriving), so at most
+        # `parallel` full-size images are in memory and what is kept per view is the 128 x 128 model input.
         prepared: dict[str, Preprocessed] = {}
         for (sop_uid, _digest, laterality, view), got in zip(rows, self._prepare_all(rows, size, timing), strict=True):
             if isinstance(got, Preprocessed):
