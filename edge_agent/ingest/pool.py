@@ -45,6 +45,7 @@ Work = Callable[[Request, Options], Outcome]
 TIMEOUT = "timeout"
 WORKER_CRASHED = "worker_crashed"
 _READY = "ready"
+_TAKEN = "taken"
 _START_ATTEMPTS = 3
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [ingest worker %(process)d]: %(message)s"
 
@@ -94,6 +95,10 @@ def _worker_main(conn: Connection, options: Options, work: Work, log_level: int)
         except (EOFError, OSError):
             return  # the parent is gone
         if request is None:
+            return
+        try:
+            conn.send(_TAKEN)  # from here on a death is this file's doing, not an idle worker's
+        except (BrokenPipeError, OSError):
             return
         try:
             outcome: Any = work(request, options)
@@ -210,11 +215,9 @@ class IngestPool:
         """Prepare one file in a worker; a file that hangs or kills its worker comes back as ``Refused``."""
         for _ in range(self.size + _START_ATTEMPTS):
             w = self._take()
-            try:
-                w.conn.send(request)
+            if self._hand_over(w, request):
                 break
-            except (OSError, ValueError):  # it died while idle (OOM killer, a person): not this file's doing
-                self._lose(w, replace=True)
+            self._lose(w, replace=True)  # it died while idle (OOM killer, a person): not this file's doing
         else:
             raise IngestUnavailable("Ingest workers keep dying before they can take a file; check memory and the log, then send the file again.")
         if not wait([w.conn, w.process.sentinel], self.timeout_s):
@@ -236,6 +239,16 @@ class IngestPool:
                            "The file is kept; re-export it from the modality, or report it with `mammo quarantine show`.")
         self._give_back(w)
         return outcome
+
+    def _hand_over(self, w: _Worker, request: Request) -> bool:
+        """Send the file and wait for the worker to say it took it; False if it was already dead."""
+        try:
+            w.conn.send(request)
+            if not wait([w.conn], self.start_timeout_s):
+                return False
+            return bool(w.conn.recv() == _TAKEN)
+        except (OSError, ValueError, EOFError):
+            return False
 
     # -- bookkeeping -----------------------------------------------------------------------------
     def _take(self) -> _Worker:

@@ -104,6 +104,17 @@ def test_a_worker_killed_while_idle_costs_no_file(pooled, hooks):
     assert result.outcome == ACCEPTED and service.pool.pids() != [pid]
 
 
+def test_a_dead_idle_worker_is_noticed_even_when_someone_else_reaped_it(pooled, hooks):
+    # In the daemon another library may reap child processes (waitpid(-1)); then multiprocessing's
+    # is_alive() still says True. The pool must not hand the next file to the dead worker.
+    service = pooled(hooks.misbehave)
+    [pid] = service.pool.pids()
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    result = service.ingest_bytes(_marked(1, "fine"), source="test")
+    assert result.outcome == ACCEPTED and service.pool.pids() != [pid]
+
+
 def test_files_from_two_threads_are_prepared_by_two_workers_at_once(pooled, hooks, tmp_path):
     service = pooled(hooks.meet, workers=2)
     meeting = tmp_path / "meeting"
