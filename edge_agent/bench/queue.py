@@ -15,7 +15,9 @@ of 4.5; huey writes 4.3), and its figure is printed beside the headline.
 
 A shared machine makes one run of each store noisy (another process's fsync
 stalls ours), so the stores take turns for several rounds, each round in a
-different order, and each store's figure is its median round.  The CPU time
+different order, and each store's figure is its fastest round: other load
+only ever slows a round down, so the fastest is the least disturbed (the
+median round and every round are reported beside it).  The CPU time
 per job is printed too: it does not depend on the disk, and shows how much
 of a difference is work rather than waiting.
 
@@ -133,10 +135,11 @@ STORES: dict[str, Callable[[Path, int], dict[str, Any]]] = {
 PEERS = (PERSIST_QUEUE, HUEY)
 
 
-def median_round(rounds: list[dict[str, Any]]) -> dict[str, Any]:
-    """The round with the median jobs/s (the lower middle one for an even count), with every round's jobs/s beside it."""
+def fastest_round(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """The round with the most jobs/s, with the median round's jobs/s (lower middle for an even count) and every round's beside it."""
     ranked = sorted(rounds, key=lambda r: r["jobs_per_s"])
-    return {**ranked[(len(ranked) - 1) // 2], "jobs_per_s_rounds": [r["jobs_per_s"] for r in rounds]}
+    return {**ranked[-1], "jobs_per_s_median": ranked[(len(ranked) - 1) // 2]["jobs_per_s"],
+            "jobs_per_s_rounds": [r["jobs_per_s"] for r in rounds]}
 
 
 def run_bench(n: int = 2000, rounds: int = 3) -> dict[str, Any]:
@@ -148,9 +151,8 @@ def run_bench(n: int = 2000, rounds: int = 3) -> dict[str, Any]:
                 root = Path(tmp) / f"{r}-{names.index(name)}"
                 root.mkdir()
                 samples[name].append(STORES[name](root, n))
-    medians = {name: median_round(s) for name, s in samples.items()}
-    keyed = medians.pop(OURS_KEYED)
-    results = medians  # ours (no key) and the peers: like for like
+    results = {name: fastest_round(s) for name, s in samples.items()}
+    keyed = results.pop(OURS_KEYED)  # ours (no key) and the peers: like for like
     ours = results[OURS]["jobs_per_s"]
     best = max(PEERS, key=lambda k: results[k]["jobs_per_s"])
     return {
@@ -158,6 +160,7 @@ def run_bench(n: int = 2000, rounds: int = 3) -> dict[str, Any]:
         "jobs": n,
         "rounds": rounds,
         "durability": "WAL, synchronous=FULL, one commit per enqueue and per claim+ack",
+        "statistic": "each store's fastest round (median and all rounds beside it)",
         "headline": (f"{OURS} without idempotency keys (the peers have none) against the best peer; "
                      f"with a key per job, as the box enqueues studies, see ours_keyed"),
         "results": results,
@@ -167,6 +170,7 @@ def run_bench(n: int = 2000, rounds: int = 3) -> dict[str, Any]:
         "best_peer_jobs_per_s": results[best]["jobs_per_s"],
         "ratio_ours_to_best_peer": round(ours / results[best]["jobs_per_s"], 3),
         "ratio_ours_keyed_to_best_peer": round(keyed["jobs_per_s"] / results[best]["jobs_per_s"], 3),
+        "ratio_ours_to_best_peer_median_rounds": round(results[OURS]["jobs_per_s_median"] / results[best]["jobs_per_s_median"], 3),
         "ratio_ours_to_persist_queue": round(ours / results[PERSIST_QUEUE]["jobs_per_s"], 3),
         "cpu_efficiency_ours_to_best_peer": round(results[best]["cpu_us_per_job"] / results[OURS]["cpu_us_per_job"], 3),
         "claim_p99_ms": results[OURS]["claim_ack_p99_ms"],
@@ -304,5 +308,6 @@ def summary(result: dict[str, Any]) -> str:
              for k, v in rows.items()]
     lines.append(f"ours / best peer ({result['best_peer']}): {result['ratio_ours_to_best_peer']} without keys, "
                  f"{result['ratio_ours_keyed_to_best_peer']} with a key per job "
-                 f"(median of {result['rounds']} rounds; CPU efficiency {result['cpu_efficiency_ours_to_best_peer']})")
+                 f"(fastest of {result['rounds']} rounds; median rounds {result['ratio_ours_to_best_peer_median_rounds']} without keys; "
+                 f"CPU efficiency {result['cpu_efficiency_ours_to_best_peer']})")
     return "\n".join(lines)

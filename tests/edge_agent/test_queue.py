@@ -321,3 +321,4 @@ def test_bench_reports_ours_without_and_with_keys_beside_the_peers():
     assert out["ratio_ours_keyed_to_best_peer"] == round(out["ours_keyed"]["jobs_per_s"] / out["best_peer_jobs_per_s"], 3)
     assert "without idempotency keys" in out["headline"]
     assert "with a key per job" in summary(out)
+    assert out["results"][OURS]["jobs_per_s"] == max(out["results"][OURS]["jobs_per_s_rounds"])
