@@ -14,6 +14,7 @@ import secrets
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import sqlite_utils
 
@@ -22,6 +23,9 @@ from edge_agent.queue import JobQueue, RetryPolicy
 from edge_agent.settings import Settings
 from edge_agent.store import open_database
 from provisioning.keystore import FileKeystore, Keystore
+
+if TYPE_CHECKING:
+    from edge_agent.ingest.pool import IngestPool
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +36,8 @@ class Box:
     db: sqlite_utils.Database
     keystore: Keystore
     queue: JobQueue
+    # Set by the ingest service when the daemon starts it; other services (the kiosk upload) prepare files there too.
+    ingest_pool: IngestPool | None = None
 
     def close(self) -> None:
         self.db.conn.close()

@@ -129,7 +129,8 @@ class KioskServices:
     def from_box(cls, box, **kw) -> KioskServices:
         db = open_database(box.settings.db_path, max_size_mb=box.settings.db_max_size_mb)
         queue = JobQueue(db, box.queue.policy)
-        ingest = IngestService(db=db, keystore=box.keystore, queue=queue, settings=box.settings)
+        # In the daemon, uploads go through the ingest workers (hard per-file time limit); alone, in process.
+        ingest = IngestService(db=db, keystore=box.keystore, queue=queue, settings=box.settings, pool=box.ingest_pool)
         return cls(box.settings, db, ingest, **kw)
 
     def close(self) -> None:

@@ -73,8 +73,10 @@ class IngestService:
 
     ``workers``: None prepares files in this process (tests, one-off tools; no
     hard time limit); a number starts that many worker processes (the
-    daemon, ``mammo ingest``), stopped by ``close``. ``work`` replaces the
-    workers' function, for tests that need a file to hang or crash a worker.
+    daemon, ``mammo ingest``), stopped by ``close``. ``pool``: worker
+    processes another service owns (the kiosk's upload shares the daemon's);
+    used, never closed here. ``work`` replaces the workers' function, for
+    tests that need a file to hang or crash a worker.
     """
 
     def __init__(
@@ -87,6 +89,7 @@ class IngestService:
         clock: Callable[[], float] = time.time,
         private_safelist: frozenset[tuple[str, int, int]] = frozenset(),
         workers: int | None = None,
+        pool: IngestPool | None = None,
         work: Work = prepare,
     ) -> None:
         self.db = db
@@ -102,7 +105,10 @@ class IngestService:
         self.clock = clock
         self.private_safelist = private_safelist
         self._lock = threading.RLock()
-        self.pool = IngestPool(self.options, workers=workers, timeout_s=settings.ingest_timeout_s, work=work).start() if workers else None
+        self._owns_pool = pool is None and bool(workers)
+        if pool is None and workers:
+            pool = IngestPool(self.options, workers=workers, timeout_s=settings.ingest_timeout_s, work=work).start()
+        self.pool = pool
 
     @classmethod
     def from_box(cls, box: Box, *, workers: int | None = None) -> IngestService:
@@ -110,7 +116,7 @@ class IngestService:
 
     def close(self) -> None:
         """Stop the worker processes (files in progress finish first); the database stays open, it is the caller's."""
-        if self.pool is not None:
+        if self.pool is not None and self._owns_pool:
             self.pool.close()
 
     @property
@@ -267,6 +273,7 @@ def start_services(box: Box, stop: threading.Event) -> list[threading.Thread]:
 
     workers = worker_count(box.settings.ingest_workers)
     service = IngestService.from_box(box, workers=workers)
+    box.ingest_pool = service.pool  # the kiosk's USB upload uses the same workers and time limit
     log.info("ingest: %d worker process(es), %g s per file", workers, box.settings.ingest_timeout_s)
     receiver = DicomReceiver(service, box.settings)
     try:

@@ -193,3 +193,23 @@ def test_a_worker_stuck_on_a_file_ends_when_the_daemon_is_killed(tmp_path):
     else:
         os.kill(worker, signal.SIGKILL)
         pytest.fail("the ingest worker outlived its killed parent")
+
+
+
+def test_the_kiosk_upload_prepares_files_in_the_daemons_workers(pooled, hooks):
+    # One pool per daemon: the kiosk's upload shares the ingest service's workers and their time limit.
+    from edge_agent.box import Box
+    from kiosk_ui.services import KioskServices
+    from kiosk_ui.uploads import ingest_one
+
+    service = pooled(hooks.misbehave, ingest_timeout_s=2.0)
+    keystore = FileKeystore.open(service.settings.home / "keystore.json", "pool test")
+    box = Box(service.settings, service.db, keystore, service.queue, ingest_pool=service.pool)
+    kiosk = KioskServices.from_box(box)
+    try:
+        assert kiosk.ingest.pool is service.pool
+        hung = _in_thread(lambda: ingest_one(kiosk.ingest, "hang.dcm", _marked(1, "HANG-FOREVER"), 1 << 30))
+        assert not hung.ok and hung.message_key == "upload.quarantined" and hung.params["reason"] == TIMEOUT  # in process: hangs for good
+    finally:
+        kiosk.close()  # not its pool: the daemon's workers keep running
+    assert service.ingest_bytes(_marked(2, "fine"), source="test").outcome == ACCEPTED
