@@ -26,8 +26,8 @@ def mias_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def release_dir() -> Path:
-    from models.release_files import default_release_dir
     from models.errors import ReleaseError
+    from models.release_files import default_release_dir
 
     try:
         return default_release_dir()

@@ -22,7 +22,7 @@ def _fake_records(n_women: int) -> list[Record]:
 
 def _women_per_fold(records, folds):
     seen = defaultdict(set)
-    for r, f in zip(records, folds):
+    for r, f in zip(records, folds, strict=False):
         seen[r.woman].add(f)
     return seen
 
@@ -46,7 +46,7 @@ def test_folds_are_balanced_and_stratified():
     folds = woman_folds(recs, k=5)
     sizes = [folds.count(f) for f in range(5)]
     assert max(sizes) - min(sizes) <= 2
-    malignant_women = [{r.woman for r, f in zip(recs, folds) if f == k and r.malignant} for k in range(5)]
+    malignant_women = [{r.woman for r, f in zip(recs, folds, strict=False) if f == k and r.malignant} for k in range(5)]
     assert all(len(m) >= 1 for m in malignant_women)
 
 

@@ -41,7 +41,7 @@ def test_runtime_cam_agrees_with_pytorch_grad_cam(release_dir, model, images, ba
     imgs, _, others = images
     run = Screener(release_dir, backend=backend, threads=1).raw
     corrs, same = [], []
-    for x, o in zip(imgs, others):
+    for x, o in zip(imgs, others, strict=False):
         gc = grad_cam(model, torch.from_numpy(stack_input(x, o, model.in_ch)), channel=0, relu=False)
         _, lmap = run(x, o)
         a = agreement(lmap[0], gc)

@@ -59,13 +59,13 @@ def outputs(release_dir, parity_images, torch_model):
     torch.set_num_threads(1)
     with torch.inference_mode():
         s, m = zip(*[torch_model(torch.from_numpy(stack_input(x, o, torch_model.in_ch)))
-                     for x, o in zip(imgs, others)])
+                     for x, o in zip(imgs, others, strict=False)], strict=False)
     out["torch"] = (np.concatenate([a.numpy() for a in s]), np.concatenate([a.numpy() for a in m]))
     for b in ("onnx-fp32", "onnx-int8", "tflite-int8"):
         if not is_available(b):
             continue
         run = Screener(release_dir, backend=b, threads=1).raw
-        s, m = zip(*[run(x, o) for x, o in zip(imgs, others)])
+        s, m = zip(*[run(x, o) for x, o in zip(imgs, others, strict=False)], strict=False)
         out[b] = (np.stack(s), np.stack(m))
     return out
 
