@@ -75,6 +75,32 @@ def _j2k_reduced(ds: pydicom.Dataset, k: int) -> WorkImage | None:
     return WorkImage(arr, f, rows, cols)
 
 
+def bright_is_dense(arr: np.ndarray, ds: pydicom.Dataset, shifted: bool = False) -> np.ndarray:
+    """MONOCHROME1 pixels inverted within the stored bit range, so the model always sees bright = dense.
+
+    Ingest keeps MONOCHROME1 as sent (a re-sent file then maps to the same
+    UIDs); the one place its pixels are read for the model is here. The range
+    is the stored one, not the image's own minimum and maximum, so the result
+    is what the same image stored as MONOCHROME2 would give. ``shifted``: the
+    decoder moved the stored bits to the top of the type (Pillow's JPEG 2000
+    decoder does). In place when the array is writable (no second full-size copy).
+    """
+    if str(ds.get("PhotometricInterpretation", "") or "").strip().upper() != "MONOCHROME1" or arr.dtype.kind not in "ui":
+        return arr
+    width = arr.dtype.itemsize * 8
+    bits = min(int(ds.get("BitsStored", 0) or ds.get("BitsAllocated", 0) or width), width)
+    out = arr if arr.flags.writeable else arr.copy()
+    if arr.dtype.kind == "u":
+        top = ((1 << bits) - 1) << (width - bits if shifted else 0)
+        np.minimum(out, top, out=out)
+        np.subtract(out.dtype.type(top), out, out=out)
+    else:  # signed: the range's low + high is -1, so the mirror image is the bitwise complement
+        half = 1 << (bits - 1)
+        np.clip(out, max(-half, int(np.iinfo(arr.dtype).min)), min(half - 1, int(np.iinfo(arr.dtype).max)), out=out)
+        np.invert(out, out=out)
+    return out
+
+
 def work_image(dicom_bytes: bytes, size: int = INPUT_SIZE) -> WorkImage:
     """The first frame of a stored (de-identified) instance, reduced for preprocessing at ``size``.
 
@@ -87,10 +113,11 @@ def work_image(dicom_bytes: bytes, size: int = INPUT_SIZE) -> WorkImage:
     if str(ds.file_meta.TransferSyntaxUID) in _J2K:
         reduced = _j2k_reduced(ds, k)
         if reduced is not None:
-            return to_work(reduced, size)
+            return to_work(WorkImage(bright_is_dense(reduced.pixels, ds, shifted=True), reduced.factor, reduced.height, reduced.width), size)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         arr = pixel_array(ds, index=0)  # one frame, not the whole multi-frame object
+    arr = bright_is_dense(arr, ds)
     del ds  # the encoded pixel data is no longer needed
     if arr.ndim == 3:  # colour: luminance
         arr = arr.mean(axis=-1)

@@ -124,37 +124,15 @@ def fix_photometric(ds: Dataset) -> list[Fix]:
     return [Fix("photometric_missing", f"PhotometricInterpretation was missing; set to {ds.PhotometricInterpretation} from SamplesPerPixel={samples}.", "PhotometricInterpretation")]
 
 
-def fix_monochrome1(ds: Dataset, pixels: np.ndarray | None) -> tuple[np.ndarray | None, list[Fix]]:
-    """Store every greyscale image as MONOCHROME2 (bright = dense), inverting MONOCHROME1 pixels and windows.
+def dense_is_dark(ds: Dataset) -> bool:
+    """MONOCHROME1: the lowest value is shown white, so dense tissue is stored dark.
 
-    The model and the viewer then see one convention. The pixels are stored
-    uncompressed afterwards, since they changed.
+    Such images are kept as sent (pixels, transfer syntax and UIDs untouched,
+    so a re-sent file de-duplicates); whatever reads the pixels takes the
+    polarity from here and inverts where it looks (side of the breast,
+    burned-in text, the model's input, the kiosk's picture).
     """
-    if pixels is None or str(ds.get("PhotometricInterpretation", "")).strip() != "MONOCHROME1":
-        return pixels, []
-    bits_stored = int(ds.get("BitsStored", ds.BitsAllocated))
-    if int(ds.get("PixelRepresentation", 0)) == 0:
-        top = (1 << bits_stored) - 1
-        inverted = (top - pixels.astype(np.int64)).astype(pixels.dtype)
-    else:
-        lo, hi = -(1 << (bits_stored - 1)), (1 << (bits_stored - 1)) - 1
-        top = lo + hi
-        inverted = (top - pixels.astype(np.int64)).astype(pixels.dtype)
-    ds.set_pixel_data(inverted, "MONOCHROME2", bits_stored)
-    if "WindowCenter" in ds:
-        try:
-            centres = ds.WindowCenter if ds["WindowCenter"].VM > 1 else [ds.WindowCenter]
-            slope = float(ds.get("RescaleSlope", 1) or 1)
-            intercept = float(ds.get("RescaleIntercept", 0) or 0)
-            new = [round(top * slope + 2 * intercept - float(c), 3) for c in centres]
-            ds.WindowCenter = new if len(new) > 1 else new[0]
-        except (TypeError, ValueError):
-            del ds["WindowCenter"]
-    for kw in ("VOILUTSequence", "VOILUTFunction", "PresentationLUTShape"):
-        if kw in ds:
-            del ds[kw]
-    ds.PresentationLUTShape = "IDENTITY"
-    return inverted, [Fix("monochrome1_inverted", "MONOCHROME1 image inverted to MONOCHROME2 (windows adjusted, stored uncompressed).", "PhotometricInterpretation")]
+    return str(ds.get("PhotometricInterpretation", "") or "").strip().upper() == "MONOCHROME1"
 
 
 def _text(value: object) -> str:
@@ -203,7 +181,7 @@ def _otsu(img8: np.ndarray) -> int:
     return int(np.argmax(between))
 
 
-def side_from_pixels(pixels: np.ndarray) -> tuple[str, float]:
+def side_from_pixels(pixels: np.ndarray, dense_dark: bool = False) -> tuple[str, float]:
     """Which breast, from where the tissue is: the half holding the chest wall holds most of the breast.
 
     In the standard mammography display a right breast has its chest wall on
@@ -211,6 +189,7 @@ def side_from_pixels(pixels: np.ndarray) -> tuple[str, float]:
     above an Otsu threshold (film markers are too small to tip the balance).
     Returns ('', ratio) when the halves are too alike to tell. On the 258
     mini-MIAS images with a recorded side this rule is right every time.
+    ``dense_dark`` (MONOCHROME1) inverts the scaled image, so tissue is bright either way.
     """
     img = np.asarray(pixels, dtype=np.float32)
     if img.ndim == 3:  # multi-frame or colour: use the first plane
@@ -219,6 +198,8 @@ def side_from_pixels(pixels: np.ndarray) -> tuple[str, float]:
     if hi <= lo:
         return "", 1.0
     img8 = ((img - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+    if dense_dark:
+        img8 = 255 - img8
     tissue = img8 > _otsu(img8)
     half = tissue.shape[1] // 2
     left, right = float(tissue[:, :half].mean()), float(tissue[:, -half:].mean())
@@ -252,7 +233,7 @@ def _fix_laterality(ds: Dataset, reading: views.ViewReading, pixels: np.ndarray 
         ds.ImageLaterality = chosen.value
         fixes.append(Fix("laterality_inferred", f"ImageLaterality={chosen.value} from {chosen.source}; the tag was {was}.", "ImageLaterality"))
     elif chosen is None:
-        side, ratio = side_from_pixels(pixels) if pixels is not None else ("", 0.0)
+        side, ratio = side_from_pixels(pixels, dense_is_dark(ds)) if pixels is not None else ("", 0.0)
         if side:
             ds.ImageLaterality = side
             where = "left" if side == "L" else "right"
@@ -298,8 +279,6 @@ def summarise(fixes: list[Fix]) -> list[Fix]:
     return out
 
 
-def apply_all(ds: Dataset, pixels: np.ndarray | None, content_digest: str) -> tuple[np.ndarray | None, list[Fix]]:
-    fixes = fix_uids(ds, content_digest) + fix_sop_class(ds) + fix_photometric(ds)
-    pixels, mono = fix_monochrome1(ds, pixels)
-    fixes += mono + fix_mammo_view(ds, pixels)
-    return pixels, fixes
+def apply_all(ds: Dataset, pixels: np.ndarray | None, content_digest: str) -> list[Fix]:
+    """Every rule in order; the pixels (as decoded, MONOCHROME1 not inverted) are read, never changed."""
+    return fix_uids(ds, content_digest) + fix_sop_class(ds) + fix_photometric(ds) + fix_mammo_view(ds, pixels)

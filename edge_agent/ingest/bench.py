@@ -114,7 +114,7 @@ def _stages(files: list[Path]) -> dict[str, float]:
                 autofix.apply_all(ds, pixels, sha256(data))
                 marks.append(time.perf_counter())
                 if pixels is not None:
-                    burned_in.suspect_text(pixels)
+                    burned_in.suspect_text(pixels, dense_dark=autofix.dense_is_dark(ds))
                 marks.append(time.perf_counter())
                 deid.deidentify(ds, keys)
                 marks.append(time.perf_counter())

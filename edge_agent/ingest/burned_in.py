@@ -26,15 +26,15 @@ def _plane(pixels: np.ndarray) -> np.ndarray:
     return img
 
 
-def _max_pool(img: np.ndarray, step: int) -> np.ndarray:
-    """Max over step x step blocks, as step² elementwise maxima (a strided max over two axes is several times slower)."""
+def _pool(img: np.ndarray, step: int, combine: np.ufunc) -> np.ndarray:
+    """Max (or min) over step x step blocks, as step² elementwise maxima (a strided max over two axes is several times slower)."""
     h, w = (img.shape[0] // step) * step, (img.shape[1] // step) * step
     blocks = img[:h, :w].reshape(h // step, step, w // step, step)
     out = blocks[:, 0, :, 0].copy()
     for i in range(step):
         for j in range(step):
             if i or j:
-                np.maximum(out, blocks[:, i, :, j], out=out)
+                combine(out, blocks[:, i, :, j], out=out)
     return out
 
 
@@ -51,13 +51,23 @@ def _low_percentile(img: np.ndarray, q: float) -> float:
     return base + lo + (hi - lo) * (rank - k)
 
 
-def _to_uint8(pixels: np.ndarray) -> np.ndarray:
+def _to_uint8(pixels: np.ndarray, dense_dark: bool = False) -> np.ndarray:
+    """The first plane at most MAX_SIDE wide, scaled so the background is 0 and the brightest mark 255.
+
+    ``dense_dark`` (MONOCHROME1, where text is displayed bright but stored
+    low) gives exactly the image the inverted pixels would give, without
+    inverting them: min-pool instead of max-pool, and the 99.5th percentile
+    as the background level.
+    """
     img = _plane(pixels)
     step = max(1, int(np.ceil(max(img.shape) / MAX_SIDE)))
-    if step > 1:  # max-pool so thin bright strokes survive the shrink; in the stored type, max commutes with the cast
-        img = _max_pool(img, step)
-    lo, hi = _low_percentile(img, 0.5), float(img.max())
-    if hi <= lo:
+    if step > 1:  # pool so thin bright strokes survive the shrink; in the stored type, max commutes with the cast
+        img = _pool(img, step, np.minimum if dense_dark else np.maximum)
+    if dense_dark:
+        lo, hi = _low_percentile(img, 99.5), float(img.min())
+    else:
+        lo, hi = _low_percentile(img, 0.5), float(img.max())
+    if (lo - hi if dense_dark else hi - lo) <= 0:
         return np.zeros(img.shape, np.uint8)
     scaled = (img.astype(np.float32) - np.float32(lo)) * np.float32(255.0 / (hi - lo))
     img8: np.ndarray = np.clip(scaled, 0, 255).astype(np.uint8)
@@ -115,9 +125,9 @@ def _longest_line(marks: np.ndarray) -> int:
     return best
 
 
-def text_line_length(pixels: np.ndarray) -> int:
-    """The number of character-like marks on the longest text-like line found (0 when none)."""
-    img8 = _to_uint8(pixels)
+def text_line_length(pixels: np.ndarray, dense_dark: bool = False) -> int:
+    """The number of character-like marks on the longest text-like line found (0 when none); ``dense_dark`` for MONOCHROME1."""
+    img8 = _to_uint8(pixels, dense_dark)
     labels, n = ndimage.label(_closing_2x2(img8 >= 128))
     if n == 0 or n > 20000:  # nothing bright, or noise everywhere: not text
         return 0
@@ -125,5 +135,5 @@ def text_line_length(pixels: np.ndarray) -> int:
     return _longest_line(marks) if len(marks) else 0
 
 
-def suspect_text(pixels: np.ndarray, min_chars: int = 6) -> bool:
-    return text_line_length(pixels) >= min_chars
+def suspect_text(pixels: np.ndarray, min_chars: int = 6, dense_dark: bool = False) -> bool:
+    return text_line_length(pixels, dense_dark) >= min_chars

@@ -145,14 +145,14 @@ def _run(data: bytes, options: Options, allow: frozenset[str]) -> Processed | Re
         if decoded.pixels is None and "no_pixel_data" not in allow:
             sop = UID(str(ds.get("SOPClassUID", "") or "")).name or "unknown SOP class"
             raise DicomRejected("no_pixel_data", f"Not an image ({sop}); the box triages images only. Release it if it must be kept.")
-        _, more = autofix.apply_all(ds, decoded.pixels, sha256(data))
+        more = autofix.apply_all(ds, decoded.pixels, sha256(data))
         fixes = autofix.summarise(fixes + more)
         check_burned_in = options.quarantine_burned_in
         if str(ds.get("BurnedInAnnotation", "")).upper() == "YES" and check_burned_in and "burned_in_annotation" not in allow:
             raise DicomRejected("burned_in_annotation", "BurnedInAnnotation=YES: text may be burned into the pixels. Review the image; release it if the text identifies no one.")
         burned = str(ds.get("BurnedInAnnotation", "") or "").strip().upper()
         if (decoded.pixels is not None and burned != "NO" and check_burned_in
-                and "burned_in_text_suspected" not in allow and burned_in.suspect_text(decoded.pixels)):
+                and "burned_in_text_suspected" not in allow and burned_in.suspect_text(decoded.pixels, dense_dark=autofix.dense_is_dark(ds))):
             raise DicomRejected("burned_in_text_suspected", "The image seems to carry a line of text in its pixels and does not declare BurnedInAnnotation=NO. Review it; release it if the text identifies no one.")
         deadline.check("auto-fix")
         report = deid.deidentify(ds, options.keys, private_safelist=options.private_safelist)

@@ -243,13 +243,13 @@ def check_and_decode(ds: Dataset, limits: ReadLimits, deadline: Deadline) -> np.
         if decoder is None or not decoder.is_available:
             raise DicomRejected("unsupported_transfer_syntax", f"No decoder installed for {name} ({ts}); install pylibjpeg plugins or ask the modality for another syntax.")
     deadline.check("pixel check")
-    # The checks need one frame (the burned-in look reads the first): decode only that, unless MONOCHROME1 must be inverted
-    # in every frame. No colour conversion: the first channel of YBR is luminance, which is what text detection wants.
-    mono1 = str(ds.get("PhotometricInterpretation", "") or "").strip().upper() == "MONOCHROME1"
+    # The checks need one frame (the burned-in look and the side of the breast read the first): decode only that.
+    # MONOCHROME1 stays as stored; the checks take its polarity. No colour conversion: the first channel of YBR
+    # is luminance, which is what text detection wants.
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            arr, _ = get_decoder(ts).as_array(ds, index=None if frames == 1 or mono1 else 0, raw=True)
+            arr, _ = get_decoder(ts).as_array(ds, index=None if frames == 1 else 0, raw=True)
     except MemoryError:
         raise DicomRejected("image_too_large", "Not enough memory to decode this image; lower the load or raise memory.") from None
     except Exception as exc:

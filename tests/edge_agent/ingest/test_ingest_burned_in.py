@@ -44,3 +44,15 @@ def test_mini_mias_films_are_not_flagged():
     for path in sorted((MIAS / "images").glob("mdb*.png"))[:40]:
         with Image.open(path) as im:
             assert not suspect_text(np.asarray(im.convert("L"))), path.name
+
+
+@pytest.mark.parametrize("size", [512, 2048])
+def test_monochrome1_text_is_found_in_the_stored_polarity(size):
+    """MONOCHROME1 is kept as sent: the text shown white is stored dark, and the look must see it all the same."""
+    clean = mg.synthetic_pixels(3, "L", size)
+    texted = _write(clean, "CELIK AYSE 38291047562")
+    for top, scale in ((255, 1), (4095, 16)):  # 8 bits, and 12 bits stored in 16
+        as_sent = (top - texted.astype(np.uint16) * scale).astype(np.uint16 if top > 255 else np.uint8)
+        assert text_line_length(as_sent, dense_dark=True) == text_line_length(texted) >= 6
+        assert suspect_text(as_sent, dense_dark=True)
+        assert not suspect_text((top - clean.astype(np.uint16) * scale).astype(as_sent.dtype), dense_dark=True)

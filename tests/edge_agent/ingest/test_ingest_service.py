@@ -211,3 +211,41 @@ def test_text_burned_into_pixels_is_quarantined_unless_declared_absent(rig, stud
     clean = study[1]
     del clean.BurnedInAnnotation
     assert _send(rig, [clean])[0].outcome == ACCEPTED  # no text, no quarantine
+
+
+def _monochrome1_mammogram(seed: int) -> Dataset:
+    ds = mg.screening_study(mg.TURKISH_PATIENTS[1], seed=seed, size=128)[0]
+    ds.PixelData = (255 - ds.pixel_array).astype(ds.pixel_array.dtype).tobytes()  # dense tissue stored dark
+    ds.PhotometricInterpretation = "MONOCHROME1"
+    return ds
+
+
+def test_monochrome1_is_stored_as_sent_and_a_resend_is_a_duplicate(rig):
+    import io
+
+    import pydicom
+
+    ds = _monochrome1_mammogram(seed=4)
+    first = rig.service.ingest_bytes(mg.to_bytes(ds), source="test")
+    assert first.outcome in (ACCEPTED, FIXED) and "monochrome1_inverted" not in {f.code for f in first.fixes}
+    stored = pydicom.dcmread(io.BytesIO(rig.service.store.get(first.digest)))
+    assert stored.PhotometricInterpretation == "MONOCHROME1"
+    assert stored.file_meta.TransferSyntaxUID == ds.file_meta.TransferSyntaxUID and bytes(stored.PixelData) == bytes(ds.PixelData)
+    again = rig.service.ingest_bytes(mg.to_bytes(_monochrome1_mammogram(seed=4)), source="test")
+    assert again.duplicate and (again.sop_instance_uid, again.digest) == (first.sop_instance_uid, first.digest)
+
+
+def test_a_compressed_monochrome1_radiograph_keeps_its_compression_and_de_duplicates(rig, corpus):
+    import io
+
+    import pydicom
+
+    data = (corpus / "pydicom-data" / "RG3_J2KR.dcm").read_bytes()
+    sent = pydicom.dcmread(io.BytesIO(data))
+    first = rig.service.ingest_bytes(data, source="test", allow=frozenset({"burned_in_text_suspected"}))
+    assert first.outcome in (ACCEPTED, FIXED), first.reason
+    stored = pydicom.dcmread(io.BytesIO(rig.service.store.get(first.digest)))
+    assert stored.PhotometricInterpretation == "MONOCHROME1" and stored.file_meta.TransferSyntaxUID == sent.file_meta.TransferSyntaxUID
+    assert bytes(stored.PixelData) == bytes(sent.PixelData)  # not decoded, inverted and stored uncompressed
+    again = rig.service.ingest_bytes(data, source="test", allow=frozenset({"burned_in_text_suspected"}))
+    assert again.duplicate and again.sop_instance_uid == first.sop_instance_uid
