@@ -10,13 +10,14 @@ from the first C-STORE to its triage row being visible in the box database;
 the inference handler says where its part went (per stage). Most views are
 read, decoded and preprocessed while their study is still arriving (see
 :mod:`edge_agent.inference.viewcache`), inside ``receive_ingest``: their
-cost is reported per view (``view_stages_ms``). The same run
-repeats on a fresh box with the PyTorch fp32 model in the same path, for
-the ratio.
+cost is reported per view (``view_stages_ms``). A second box, with the
+PyTorch fp32 model in the same path, runs beside it for the ratio; the two
+take turns study by study, so a change in the machine's load hits both.
 """
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import resource
 import socket
@@ -151,90 +152,127 @@ def _views(n_sets: int, syntaxes: list[str], width: int, height: int, bits: int)
     return out
 
 
-def _run_box(backend: str | None, views: dict[str, list[realsize.Views]], n_latency: int, n_sustained: int) -> dict[str, Any]:
+class _Box:
+    """One box in its own process, driven from here: studies in over C-STORE, triage rows counted through SQLite."""
+
+    def __init__(self, backend: str | None, home: str) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self.backend = backend
+        self._conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_box_main, args=(child, home, backend), name="bench-box")
+        self.proc.start()
+        if not self._conn.poll(300):
+            raise RuntimeError("the benchmark box did not start within 300 s")
+        _, self.port, self.ae_title, db_path = self._conn.recv()
+        self.results = _Results(db_path)
+        self.done = 0
+        self.latency_marks: list[tuple[str, int, float, float]] = []  # (syntax, study number, sent, triaged)
+
+    def study(self, study: list[Dataset], syntax: str | None) -> float:
+        """Send one study and wait for its triage; its time from the first C-STORE (not recorded when syntax is None)."""
+        t0 = time.monotonic()
+        _send(self.port, self.ae_title, study)
+        t_done = self.results.wait_for(self.done + 1)
+        self.done += 1
+        if syntax is not None:
+            self.latency_marks.append((syntax, self.done, t0, t_done))
+        return t_done - t0
+
+    def sustained(self, studies: list[list[Dataset]]) -> float:
+        """Studies per minute, sent back to back."""
+        t0 = time.monotonic()
+        for study in studies:
+            _send(self.port, self.ae_title, study)
+        self.results.wait_for(self.done + len(studies))
+        self.done += len(studies)
+        return len(studies) / (time.monotonic() - t0) * 60
+
+    def stop(self) -> dict[str, Any]:
+        try:
+            self.results.db.close()
+            self._conn.send("stop")
+            if not self._conn.poll(300):
+                raise RuntimeError("the benchmark box did not stop within 300 s")
+            out: dict[str, Any] = self._conn.recv()
+            return out
+        finally:
+            self.proc.join(timeout=300)
+            if self.proc.is_alive():
+                self.proc.kill()
+
+
+def _stages(box: dict[str, Any], marks: list[tuple[str, int, float, float]], name: str) -> dict[str, Any]:
+    """Per-study stages of the timed studies of one syntax, and per-view stages wherever the view was prepared."""
+    timings, view_timings = box["timings"], box["view_timings"]
+    stages: dict[str, list[float]] = {s: [] for s in REPORTED_STAGES}
+    ready: list[int] = []
+    windows = []
+    for syntax, seq, t0, t_done in marks:
+        if syntax != name or seq - 1 >= len(timings):
+            continue
+        windows.append((t0, t_done))
+        t = timings[seq - 1]  # the handler saw the studies in the order they were sent
+        stages["receive_ingest"].append(t["started"] - t0)
+        for s in t["seconds"]:
+            stages[s].append(t["seconds"][s])
+        stages["commit"].append(t_done - t["finished"])
+        ready.append(t["views_ready"])
+    per_view = [sec for done_at, sec in view_timings if any(a <= done_at <= b for a, b in windows)]
+
+    def pct(v: list[float]) -> dict[str, float]:
+        return {"p50": round(percentile(v, 50) * 1000, 1), "p95": round(percentile(v, 95) * 1000, 1)}
+
+    return {
+        "stages_ms": {s: pct(v) for s, v in stages.items()},
+        "views_prepared_while_arriving_mean": round(float(np.mean(ready)), 2) if ready else None,
+        "view_stages_ms": {s: pct([v[s] for v in per_view]) for s in ("read_decrypt", "decode", "preprocess")},
+        "views_timed": len(per_view),
+    }
+
+
+def _run_boxes(backends: list[str | None], views: dict[str, list[realsize.Views]], n_latency: int, n_sustained: int) -> list[dict[str, Any]]:
+    """Every backend's box at once; they take turns study by study, so a change in the machine's load hits both alike."""
     from edge_agent.ingest import mg
 
-    ctx = multiprocessing.get_context("spawn")
     counter = iter(range(1_000_000))
 
     def next_study(name: str) -> list[Dataset]:
         i = next(counter)
         sets = views[name]
         return realsize.study(sets[i % len(sets)], realsize.SYNTAXES[name], patient=mg.fake_patient(20_000 + i),
-                              study_uid=mg._uid("bench-study", backend, i, time.time_ns()))
+                              study_uid=mg._uid("bench-study", i, time.time_ns()))
 
-    with tempfile.TemporaryDirectory(prefix="mammo-bench-study-") as home:
-        parent, child = ctx.Pipe()
-        proc = ctx.Process(target=_box_main, args=(child, home, backend), name="bench-box")
-        proc.start()
+    with contextlib.ExitStack() as stack:
+        boxes = [_Box(b, stack.enter_context(tempfile.TemporaryDirectory(prefix="mammo-bench-study-"))) for b in backends]
+        stopped: dict[int, dict[str, Any]] = {}
         try:
-            if not parent.poll(300):
-                raise RuntimeError("the benchmark box did not start within 300 s")
-            _, port, ae_title, db_path = parent.recv()
-            results = _Results(db_path)
-            # warm-up study: model load and first-run allocations are not part of a study's time
-            _send(port, ae_title, next_study(next(iter(views))))
-            results.wait_for(1)
-            done = 1
-            per_syntax: dict[str, dict[str, Any]] = {}
-            latency_marks: list[tuple[str, int, float, float]] = []
+            per_syntax: list[dict[str, dict[str, Any]]] = [{} for _ in boxes]
+            for box in boxes:  # warm-up: model load and first-run allocations are not part of a study's time
+                box.study(next_study(next(iter(views))), None)
             for name in views:
-                times = []
+                times: list[list[float]] = [[] for _ in boxes]
                 for _ in range(n_latency):
                     study = next_study(name)
-                    t0 = time.monotonic()
-                    _send(port, ae_title, study)
-                    t_done = results.wait_for(done + 1)
-                    done += 1
-                    times.append(t_done - t0)
-                    latency_marks.append((name, done, t0, t_done))
-                sustained = [next_study(name) for _ in range(n_sustained)]
-                t0 = time.monotonic()
-                for study in sustained:
-                    _send(port, ae_title, study)
-                results.wait_for(done + n_sustained)
-                sustained_s = time.monotonic() - t0
-                done += n_sustained
-                per_syntax[name] = {
-                    "p50_ms": round(percentile(times, 50) * 1000, 1),
-                    "p95_ms": round(percentile(times, 95) * 1000, 1),
-                    "latency_studies": len(times),
-                    "studies_per_min": round(n_sustained / sustained_s * 60, 1) if n_sustained else None,
-                    "sustained_studies": n_sustained,
-                }
-            results.db.close()
-            parent.send("stop")
-            if not parent.poll(300):
-                raise RuntimeError("the benchmark box did not stop within 300 s")
-            box: dict[str, Any] = parent.recv()
+                    for k, box in enumerate(boxes):
+                        times[k].append(box.study(study, name))
+                for k, box in enumerate(boxes):
+                    rate = box.sustained([next_study(name) for _ in range(n_sustained)]) if n_sustained else None
+                    per_syntax[k][name] = {
+                        "p50_ms": round(percentile(times[k], 50) * 1000, 1),
+                        "p95_ms": round(percentile(times[k], 95) * 1000, 1),
+                        "latency_studies": len(times[k]),
+                        "studies_per_min": round(rate, 1) if rate else None,
+                        "sustained_studies": n_sustained,
+                    }
         finally:
-            proc.join(timeout=300)
-            if proc.is_alive():
-                proc.kill()
-    timings = box.pop("timings")
-    view_timings = box.pop("view_timings")
-    for name in views:
-        stages: dict[str, list[float]] = {s: [] for s in REPORTED_STAGES}
-        ready: list[int] = []
-        for syntax, seq, t0, t_done in latency_marks:
-            if syntax != name or seq - 1 >= len(timings):
-                continue
-            t = timings[seq - 1]  # the handler saw the studies in the order they were sent
-            stages["receive_ingest"].append(t["started"] - t0)
-            for s in t["seconds"]:
-                stages[s].append(t["seconds"][s])
-            stages["commit"].append(t_done - t["finished"])
-            ready.append(t["views_ready"])
-        per_syntax[name]["stages_ms"] = {s: {"p50": round(percentile(v, 50) * 1000, 1), "p95": round(percentile(v, 95) * 1000, 1)}
-                                         for s, v in stages.items()}
-        per_syntax[name]["views_prepared_while_arriving_mean"] = round(float(np.mean(ready)), 2) if ready else None
-        windows = [(t0, t_done) for syntax, _, t0, t_done in latency_marks if syntax == name]
-        per_view = [sec for done_at, sec in view_timings if any(a <= done_at <= b for a, b in windows)]
-        per_syntax[name]["view_stages_ms"] = {s: {"p50": round(percentile([v[s] for v in per_view], 50) * 1000, 1),
-                                                  "p95": round(percentile([v[s] for v in per_view], 95) * 1000, 1)}
-                                              for s in ("read_decrypt", "decode", "preprocess")}
-        per_syntax[name]["views_timed"] = len(per_view)
-    return box | {"by_syntax": per_syntax}
+            for k, box in enumerate(boxes):
+                stopped[k] = box.stop()
+    out = []
+    for k, box in enumerate(boxes):
+        for name in views:
+            per_syntax[k][name] |= _stages(stopped[k], box.latency_marks, name)
+        out.append({key: v for key, v in stopped[k].items() if key not in ("timings", "view_timings")} | {"by_syntax": per_syntax[k]})
+    return out
 
 
 def study_bench(n_sustained: int = 10, n_latency: int = 20, width: int = realsize.WIDTH, height: int = realsize.HEIGHT,
@@ -247,8 +285,7 @@ def study_bench(n_sustained: int = 10, n_latency: int = 20, width: int = realsiz
     t0 = time.monotonic()
     views = _views(pixel_sets, wanted, width, height, bits)
     prepare_s = time.monotonic() - t0
-    ours = _run_box(None, views, n_latency, n_sustained)
-    peer = _run_box("torch-fp32", views, n_latency, n_sustained)  # a fresh box: the same studies are new to it
+    ours, peer = _run_boxes([None, "torch-fp32"], views, n_latency, n_sustained)
     ratios = {name: round(ours["by_syntax"][name]["p95_ms"] / peer["by_syntax"][name]["p95_ms"], 3) if peer["by_syntax"][name]["p95_ms"] else None
               for name in wanted}
     return {
