@@ -140,11 +140,10 @@ def _run(data: bytes, options: Options, allow: frozenset[str]) -> Processed | Re
     fixes: list[Fix] = []
     deadline = reader.Deadline(limits.timeout_s)
     try:
-        decoded = reader.read(data, limits, deadline)
+        decoded = reader.read(data, limits, deadline, images_only="no_pixel_data" not in allow)
         ds, fixes = decoded.ds, list(decoded.fixes)
         if decoded.pixels is None and "no_pixel_data" not in allow:
-            sop = UID(str(ds.get("SOPClassUID", "") or "")).name or "unknown SOP class"
-            raise DicomRejected("no_pixel_data", f"Not an image ({sop}); the box triages images only. Release it if it must be kept.")
+            raise reader.not_an_image(ds)
         more = autofix.apply_all(ds, decoded.pixels, sha256(data))
         fixes = autofix.summarise(fixes + more)
         check_burned_in = options.quarantine_burned_in
