@@ -23,7 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset, write_file_meta_info
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
 
 from edge_agent.errors import DicomRejected, StoreError
 from edge_agent.ingest import autofix, burned_in, deid, reader
@@ -118,9 +120,22 @@ def serialize(ds: Dataset) -> bytes:
     ds.file_meta = meta
     for tag in [t for t in ds.keys() if t.group == 0x0000 or t.element == 0x0000]:
         del ds[tag]  # command and group-length elements do not belong in a stored object
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    return buf.getvalue()
+    if ts == DeflatedExplicitVRLittleEndian or ts.is_private or not ts.is_transfer_syntax:
+        buf = io.BytesIO()
+        ds.save_as(buf, enforce_file_format=True)
+        return buf.getvalue()
+    # What save_as(enforce_file_format=True) writes for a public syntax, without its defensive deep copy and second
+    # validation of the file meta just built here (write_file_meta_info validates it): the same bytes.
+    fp = DicomBytesIO()
+    fp.is_implicit_VR, fp.is_little_endian = ts.is_implicit_VR, ts.is_little_endian
+    preamble = getattr(ds, "preamble", None)
+    fp.write(preamble if preamble and len(preamble) == 128 else b"\x00" * 128)
+    fp.write(b"DICM")
+    write_file_meta_info(fp, meta, enforce_standard=True)
+    if "PixelData" in ds:
+        ds["PixelData"].is_undefined_length = ts.is_compressed
+    write_dataset(fp, ds)
+    return bytes(fp.getvalue())
 
 
 def facts_of(ds: Dataset) -> InstanceFacts:
