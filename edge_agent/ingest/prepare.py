@@ -120,6 +120,8 @@ def serialize(ds: Dataset) -> bytes:
     ds.file_meta = meta
     for tag in [t for t in ds.keys() if t.group == 0x0000 or t.element == 0x0000]:
         del ds[tag]  # command and group-length elements do not belong in a stored object
+    # The sender's 128-byte preamble is free-form (a TIFF header, a vendor's text) and may name the patient: zeros.
+    ds.preamble = None
     if ts == DeflatedExplicitVRLittleEndian or ts.is_private or not ts.is_transfer_syntax:
         buf = io.BytesIO()
         ds.save_as(buf, enforce_file_format=True)
@@ -128,8 +130,7 @@ def serialize(ds: Dataset) -> bytes:
     # validation of the file meta just built here (write_file_meta_info validates it): the same bytes.
     fp = DicomBytesIO()
     fp.is_implicit_VR, fp.is_little_endian = ts.is_implicit_VR, ts.is_little_endian
-    preamble = getattr(ds, "preamble", None)
-    fp.write(preamble if preamble and len(preamble) == 128 else b"\x00" * 128)
+    fp.write(b"\x00" * 128)
     fp.write(b"DICM")
     write_file_meta_info(fp, meta, enforce_standard=True)
     if "PixelData" in ds:

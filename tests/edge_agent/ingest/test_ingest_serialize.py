@@ -32,3 +32,14 @@ def test_serialize_writes_what_save_as_writes(syntax):
     assert ours == buf.getvalue()
     back = pydicom.dcmread(io.BytesIO(ours))
     assert back.file_meta.TransferSyntaxUID == (syntax or ds.file_meta.TransferSyntaxUID) and back.SOPInstanceUID == ds.SOPInstanceUID
+
+
+@pytest.mark.parametrize("syntax", [None, DeflatedExplicitVRLittleEndian])
+def test_the_senders_preamble_is_not_stored(syntax):
+    # A preamble is free-form (DICOM/TIFF dual files, vendor text) and can carry a name: the stored file has zeros.
+    ds = mg.mammogram(mg.fallback_pixels(0, "L", 64), patient=mg.TURKISH_PATIENTS[0], laterality="L", view="CC")
+    if syntax is not None:
+        ds.file_meta.TransferSyntaxUID = syntax
+    ds.preamble = b"YILMAZ^AYSE 12345678901".ljust(128, b" ")
+    out = serialize(ds)
+    assert out[:132] == b"\x00" * 128 + b"DICM"
