@@ -9,7 +9,10 @@ full-size pixels live only for as long as it takes to reduce them:
   times faster than a full decode and never holds the full image. The level
   nearest the work factor is taken (1/8 for a 3328 x 4096 image, whose
   block-mean factor is 6): its shorter side stays above 2.8 times the input
-  size, and tests/models/test_preprocess.py bounds the difference it makes.
+  size, and tests/edge_agent/inference/test_decode.py bounds the difference
+  it makes. Pillow returns the level with the stored bits moved to the top of
+  16 bits, a constant factor that preprocessing (relative to the image's own
+  percentiles throughout) does not see.
 * Everything else (uncompressed, RLE, JPEG, JPEG-LS) is decoded once, one
   frame only, and reduced at once by an integer-factor block mean
   (:func:`models.preprocess.to_work`) before any float copy is made.
