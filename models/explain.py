@@ -48,7 +48,7 @@ def cam_from_outputs(lesion_map: np.ndarray, mask: np.ndarray | None = None, cha
     return heat.astype(np.float32)
 
 
-def grad_cam(model: "ScreeningNet", x: "torch.Tensor", channel: int = 0, relu: bool = True) -> np.ndarray:
+def grad_cam(model: ScreeningNet, x: torch.Tensor, channel: int = 0, relu: bool = True) -> np.ndarray:
     """Grad-CAM (h, w) on the final feature map for one image ``x`` (1,1,S,S)."""
     model.eval()
     store: dict = {}
