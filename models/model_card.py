@@ -54,9 +54,155 @@ def _repeat_lines(info: dict, cfg: dict) -> list[str]:
     return out
 
 
+def _pct(v: float) -> str:
+    return "n/a" if v is None or v != v else f"{100 * v:.0f}%"
+
+
+def _pci(v: float, ci: list[float] | None) -> str:
+    if ci is None or v is None or v != v:
+        return _pct(v)
+    return f"{_pct(v)} ({_pct(ci[0])}-{_pct(ci[1])})"
+
+
+def _operating_point_lines(info: dict) -> list[str]:
+    """The thresholds, with image-level and woman-level figures side by side."""
+    op = info["operating_points"]
+    wl = info.get("woman_level")
+    if wl is None:  # a release built before the woman-level selection
+        return [
+            "## Operating points (machine-readable in `model.json`)",
+            "Thresholds on the suspicion score, chosen on the out-of-fold CV predictions per IMAGE:",
+            "",
+            "| triage level | rule | CV sensitivity | CV specificity |",
+            "|---|---|---|---|",
+            f"| no suspicious finding | suspicion < {op['review']:.4f} | | |",
+            f"| radiologist review recommended | suspicion >= {op['review']:.4f} | "
+            f"{_pct(op['cv_sensitivity_at_review'])} | {_pct(op['cv_specificity_at_review'])} |",
+            f"| priority radiologist review | suspicion >= {op['priority']:.4f} | "
+            f"{_pct(op['cv_sensitivity_at_priority'])} | {_pct(op['cv_specificity_at_priority'])} |",
+            "",
+        ]
+    detail = info.get("woman_level_detail", {})
+    ci = detail.get("rates_ci95", {})
+    tc = wl["triage_counts"]
+    lines = [
+        "## Operating points (machine-readable in `model.json`)",
+        "The box decides per woman: each view's suspicion is its probability minus",
+        f"{op['beta']} x the same view of the other breast; a breast scores its most suspicious view and",
+        "the study its most suspicious breast (`edge_agent/inference/triage.py`). The thresholds are",
+        "chosen on that **study score**, computed by the box's own functions over each woman's",
+        f"out-of-fold views ({wl['data']}). Review: at least 85% of women with a finding are",
+        "flagged; priority: at least 90% of women without one stay below it.",
+        "",
+        "| triage level | study score | image-level sens. | image-level spec. | **woman-level sens.** (95% CI) | **woman-level spec.** (95% CI) |",
+        "|---|---|---|---|---|---|",
+        f"| no suspicious finding | < {op['review']:.4f} | | | | |",
+        f"| radiologist review recommended | >= {op['review']:.4f} | {_pct(op['cv_sensitivity_at_review'])} | "
+        f"{_pct(op['cv_specificity_at_review'])} | {_pci(wl['sensitivity_review'], ci.get('sensitivity_review_ci95'))} | "
+        f"{_pci(wl['specificity_review'], ci.get('specificity_review_ci95'))} |",
+        f"| priority radiologist review | >= {op['priority']:.4f} | {_pct(op['cv_sensitivity_at_priority'])} | "
+        f"{_pct(op['cv_specificity_at_priority'])} | {_pci(wl['sensitivity_priority'], ci.get('sensitivity_priority_ci95'))} | "
+        f"{_pci(wl['specificity_priority'], ci.get('specificity_priority_ci95'))} |",
+        "",
+        f"Woman-level: {wl['n_women']} women, {wl['n_abnormal']} with a finding in either breast; AUC of the study",
+        f"score {wl['auc']:.3f} (95% CI {wl['auc_ci95'][0]:.3f}-{wl['auc_ci95'][1]:.3f}; bootstrap over women). At these",
+        f"points the CV women fall into: no suspicious finding {tc.get('no_suspicious_finding', 0)}, review "
+        f"{tc.get('radiologist_review', 0)}, priority {tc.get('priority_radiologist_review', 0)}.",
+        "Image-level columns: each image's suspicion against the same thresholds (what the",
+        "performance table above measures); they are not what a woman experiences.",
+        "",
+    ]
+    old = detail.get("image_level_points_replaced") or {}
+    at = old.get("woman_level_at_them")
+    if at:
+        otc = at["triage_counts"]
+        lines += [
+            f"**Correction.** Earlier builds of this release chose the thresholds per image (review {old['review']:.4f},",
+            f"priority {old['priority']:.4f}) and applied them to the study score. Replayed woman by woman they gave",
+            f"no suspicious finding {otc.get('no_suspicious_finding', 0)}, review {otc.get('radiologist_review', 0)}, "
+            f"priority {otc.get('priority_radiologist_review', 0)}: woman-level specificity",
+            f"{_pct(at['specificity_review'])} at review and {_pct(at['specificity_priority'])} at priority, not the "
+            f"{_pct(old.get('cv_specificity_at_review'))} and {_pct(old.get('cv_specificity_at_priority'))}",
+            "the card then stated (per image). The study score of two breasts a and b is at least (a + b) / 4, so",
+            "an image-level review point sends nearly every woman to review.",
+            "",
+        ]
+    lines += _study_score_lines(detail.get("study_score_checks"), float(op["beta"]))
+    lines += [
+        "The released model is retrained on all women, so its score scale may drift from the",
+        "fold models': recheck the thresholds on the first local data before relying on them",
+        "(`mammo eval --dicom DIR --labels CSV` runs a clinic's own studies through the box).",
+        "",
+    ]
+    return lines
+
+
+def _study_score_lines(chk: dict | None, beta: float) -> list[str]:
+    """What was measured about the study score's form (order of max and subtraction, weight of the other breast)."""
+    if not chk:
+        return []
+    by = chk["woman_auc_by_beta"]
+    lines = ["### How the study score was checked", ""]
+    if chk["one_view_per_breast"]:
+        lines += [
+            "*Other breast before or after the maximum over views.* With one view per breast (mini-MIAS)",
+            "both orders give the same number (largest difference over all women: "
+            f"{chk['max_abs_difference_before_vs_after_max']:.1g}), so the data cannot decide. A constructed",
+            "4-view check (`models.operating_points.contralateral_order_check`: simulated logits fitted",
+            "to this release's normal women, a finding in one breast seen in one or both views, and an",
+            "MLO-versus-CC offset that differs between women) gives woman-level AUCs:",
+            "",
+            "| finding signal (logit) | MLO offset SD | per view, then max (the box) | max, then per breast |",
+            "|---|---|---|---|",
+        ]
+    else:
+        lines += [f"*Other breast before or after the maximum over views*: largest difference "
+                  f"{chk['max_abs_difference_before_vs_after_max']:.3f}. Constructed 4-view check:", "",
+                  "| finding signal (logit) | MLO offset SD | per view, then max (the box) | max, then per breast |",
+                  "|---|---|---|---|"]
+    for r in chk.get("contralateral_order_simulation", []):
+        lines.append(f"| {r['signal_logit']} | {r['mlo_offset_sd']} | {r['auc_before_max']:.3f} | {r['auc_after_max']:.3f} |")
+    sim = chk.get("contralateral_order_simulation", [])
+    gain = [r["auc_before_max"] - r["auc_after_max"] for r in sim]
+    if gain:
+        lines += [
+            "",
+            f"Per view before the maximum is ahead by up to {max(gain):.3f} and behind by at most {max(0.0, -min(gain)):.3f}:",
+            "when the MLO looks more (or less) suspicious than the CC by an amount that differs between",
+            "women, comparing a view with the SAME view of the other breast cancels it, comparing breast",
+            "maxima does not. The box keeps the per-view comparison (before the maximum).",
+        ]
+    diff = chk.get("woman_auc_difference_1_minus_beta")
+    lines += [
+        "",
+        "*Weight of the other breast.* Woman-level AUC of the study score max(a - w b, b - w a):",
+        ", ".join(f"w = {b}: {v['auc']:.3f} ({v['auc_ci95'][0]:.3f}-{v['auc_ci95'][1]:.3f})" for b, v in by.items()) + "."
+        + (f" Paired difference w = 1 minus w = {beta}: {diff['value']:+.3f} (95% CI {diff['ci95'][0]:+.3f} to"
+           f" {diff['ci95'][1]:+.3f})." if diff else ""),
+    ]
+    nested = chk.get("nested_beta_selection")
+    if nested:
+        chosen = sorted(set(nested["beta_chosen_per_fold"].values()))
+        lines += [
+            f"Choosing w on the other four folds' women (nested) picked {', '.join(map(str, chosen))} and gave a",
+            f"held-out AUC of {nested['auc_pooled']:.3f} (mean over folds {nested['auc_mean_over_folds']:.3f}, against",
+            f"{nested['auc_mean_over_folds_fixed_0.5']:.3f} with w = 0.5 fixed).",
+        ]
+    best = max(by, key=lambda b: by[b]["auc"])
+    if float(best) != beta:
+        lines += [
+            f"The box keeps w = {beta}" + (": the gain is inside the paired interval" if diff and diff["ci95"][0] <= 0 else "")
+            + (", and w = 1 scores a woman whose two breasts look equally suspicious as 0, so a bilateral finding"
+               " would never be flagged." if float(best) == 1.0 else "."),
+            "(On 0.1.0's earlier, non-pretrained recipe, w = 1 was no better per image: AUC 0.602 against 0.605.)",
+            "A next release should choose w by nested CV within its own folds and show this check again.",
+        ]
+    lines.append("")
+    return lines
+
+
 def render_card(info: dict, folder: Path) -> str:
     cv = info["cv_metrics"]
-    op = info["operating_points"]
     qc = info["quantization_check"]
     cfg = info["training_config"]
     sizes = {p.name: p.stat().st_size for p in folder.iterdir() if p.is_file()}
@@ -156,6 +302,11 @@ def render_card(info: dict, folder: Path) -> str:
         f"{_f(cv['spec_at_85sens'], True)} specificity"
         + (": to catch 85% of findings it sends most normal images to review too." if
            (cv['spec_at_85sens']['value'] or 0) < 0.5 else "."),
+        *([f"Per woman (the unit the box decides on) the study score's AUC is {info['woman_level']['auc']:.3f}"
+           f" (95% CI {info['woman_level']['auc_ci95'][0]:.3f}-{info['woman_level']['auc_ci95'][1]:.3f}); at the review"
+           f" point {_pct(info['woman_level']['sensitivity_review'])} of women with a finding are flagged and"
+           f" {_pct(info['woman_level']['specificity_review'])} of women without one are not."]
+          if "woman_level" in info else []),
         "What limits it: 129 women, 8-bit",
         f"digitised film at 512 px ({size} px to the network), no pretrained weights from real"
         " mammograms, findings that",
@@ -176,22 +327,7 @@ def render_card(info: dict, folder: Path) -> str:
         "",
         f"Largest probability difference fp32 vs INT8: {qc['max_abs_prob_diff']:.3f}.",
         "",
-        "## Operating points (machine-readable in `model.json`)",
-        "Thresholds on the suspicion score (below), chosen on the out-of-fold CV predictions:",
-        "",
-        "| triage level | rule | CV sensitivity | CV specificity |",
-        "|---|---|---|---|",
-        f"| no suspicious finding | suspicion < {op['review']:.4f} | | |",
-        f"| radiologist review recommended | suspicion >= {op['review']:.4f} | "
-        f"{100 * op['cv_sensitivity_at_review']:.0f}% | {100 * op['cv_specificity_at_review']:.0f}% |",
-        f"| priority radiologist review | suspicion >= {op['priority']:.4f} | "
-        f"{100 * op['cv_sensitivity_at_priority']:.0f}% | {100 * op['cv_specificity_at_priority']:.0f}% |",
-        "",
-        "The review threshold is set for the seed's 85% sensitivity; the priority",
-        "threshold at 90% specificity. The released model is retrained on all 129 women,",
-        "so its score scale may drift from the fold models': recheck the thresholds on",
-        "the first local data before relying on them.",
-        "",
+        *_operating_point_lines(info),
         "## Files",
         "",
         "| file | bytes |",

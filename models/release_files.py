@@ -106,12 +106,14 @@ def sha256_file(path: Path) -> str:
 
 
 def write_manifest(folder: Path, version: str) -> Path:
-    """Hash every file in ``folder`` (except the manifest) into manifest.json."""
+    """Hash every file in ``folder`` into manifest.json, except the manifest and its signature
+    (``manifest.sig`` signs the manifest, so it cannot be listed in it; a rewritten manifest
+    needs a new signature from the coordinator, see ``edge_agent.inference.activation``)."""
     folder = Path(folder)
     files = {
         p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size}
         for p in sorted(folder.iterdir())
-        if p.is_file() and p.name != "manifest.json"
+        if p.is_file() and p.name not in ("manifest.json", "manifest.sig")
     }
     out = folder / "manifest.json"
     out.write_text(json.dumps({"version": version, "files": files}, indent=2, sort_keys=True) + "\n")

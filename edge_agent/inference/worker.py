@@ -28,7 +28,7 @@ from PIL import Image
 from edge_agent.errors import IntegrityError, MammoError, ModelError, StoreError
 from edge_agent.inference.activation import Activation, ModelRegistry, verify_release
 from edge_agent.inference.decode import work_image
-from edge_agent.inference.triage import ViewScore, aggregate
+from edge_agent.inference.triage import ViewScore, aggregate, first_by_view, other_breast
 from edge_agent.inference.viewcache import ViewCache
 from edge_agent.ingest.image_store import ImageStore
 from edge_agent.queue import Effect, Job, JobQueue
@@ -213,11 +213,12 @@ class InferenceHandler:
             except (ModelError, ValueError) as exc:
                 unreadable.append(f"{laterality or '?'}-{view or '?'}: image could not be scored ({exc})")
         points = screener.release.operating_points
+        p_first = first_by_view((lat, v, scored[o].p_abnormal) for o, _, lat, v in rows if o in scored and lat and v)
         for sop_uid, _digest, laterality, view in rows:
             result = scored.get(sop_uid)
             if result is None:
                 continue
-            p_other = next((scored[o].p_abnormal for o, _, lat, v in rows if o in scored and v == view and lat and lat != laterality), None)
+            p_other = other_breast(p_first, laterality, view)
             with timing.stage("heatmap"):
                 png = heatmap_png(result.heatmap)
             with timing.stage("store"):

@@ -1,4 +1,16 @@
-from edge_agent.inference.triage import NO_SUSPICIOUS, PRIORITY, REVIEW, ViewScore, aggregate, missing_views
+import pytest
+
+from edge_agent.inference.triage import (
+    NO_SUSPICIOUS,
+    PRIORITY,
+    REVIEW,
+    ViewScore,
+    aggregate,
+    first_by_view,
+    missing_views,
+    other_breast,
+    study_score,
+)
 from models.release_files import OperatingPoints
 
 POINTS = OperatingPoints(review=0.3, priority=0.7)
@@ -41,3 +53,30 @@ def test_repeat_views_count_with_their_most_suspicious_image():
 
 def test_missing_views_lists_in_screening_order():
     assert missing_views([("L", "CC")]) == ["L-MLO", "R-CC", "R-MLO"]
+
+
+def test_a_study_is_scored_over_the_views_it_is_required_to_have():
+    """Evaluation on two-view data (mini-MIAS MLO) runs the same aggregate, requiring only those views."""
+    mlo = [view("L", "MLO", 0.5), view("R", "MLO", 0.1)]
+    assert aggregate(mlo, [], POINTS).status == "incomplete"
+    t = aggregate(mlo, [], POINTS, required=(("L", "MLO"), ("R", "MLO")))
+    assert t.status == "done" and t.triage == REVIEW and t.study_score == 0.5
+    assert study_score(mlo) == 0.5 and study_score([]) is None
+
+
+def test_each_view_is_paired_with_the_first_image_of_the_same_view_of_the_other_breast():
+    p = first_by_view([("L", "CC", 0.2), ("L", "CC", 0.9), ("R", "CC", 0.4), ("R", "MLO", 0.6)])
+    assert other_breast(p, "R", "CC") == 0.2  # a repeat view does not replace the first
+    assert other_breast(p, "L", "MLO") == 0.6 and other_breast(p, "R", "MLO") is None
+    assert other_breast(p, None, "CC") is None and other_breast(p, "?", "CC") is None
+
+
+def test_the_other_breast_is_subtracted_per_view_before_the_maximum():
+    """Pinned choice (measured in the model card): a CC view is compared with the other CC, not with the other
+    breast's strongest view. Here the right MLO looks suspicious in both breasts (a projection effect) and the
+    left CC alone carries a finding: per view the CC finding stands out; after the maximum it would not."""
+    p = {("L", "CC"): 0.6, ("L", "MLO"): 0.7, ("R", "CC"): 0.1, ("R", "MLO"): 0.7}
+    views = [view(lat, v, p[(lat, v)] - 0.5 * p[("R" if lat == "L" else "L", v)]) for lat, v in p]
+    # after the maximum it would be max(0.7 - 0.5 * 0.7, 0.7 - 0.5 * 0.7) = 0.35, below the review point
+    assert study_score(views) == pytest.approx(0.55)
+    assert aggregate(views, [], POINTS).triage == REVIEW

@@ -1,0 +1,416 @@
+"""Operating points for the unit the box decides on: the woman's study, not the image.
+
+The box triages a STUDY on one score (:func:`edge_agent.inference.triage.study_score`:
+each view against the same view of the other breast, then the most suspicious
+view of the most suspicious breast). Thresholds chosen on single images do not
+fit that score: for two breasts a and b, ``max(a - b/2, b - a/2) >= (a + b) / 4``,
+so an image-level review point sends nearly every woman to review. Here the
+out-of-fold CV predictions are regrouped by woman and scored by the box's own
+functions (imported, never re-coded), over the views each woman has
+(mini-MIAS: the two MLO views). The thresholds are chosen on those scores and
+the figures the card and the kiosk show are measured the same way.
+
+Print the figures of a release, or re-derive its operating points from its
+``cv_predictions.json`` (no retraining) and rewrite model.json, the card and
+the manifest::
+
+    python -m models.operating_points models/release/0.1.0 [--write]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edge_agent.inference.triage import (
+    ViewScore,
+    aggregate,
+    first_by_view,
+    other_breast,
+    study_score,
+)
+from models.errors import ReleaseError
+from models.evaluation import bootstrap_ci, roc_auc
+from models.release_files import TRIAGE_LEVELS, OperatingPoints, suspicion
+
+__all__ = [
+    "WomanStudy",
+    "woman_studies",
+    "study_scores",
+    "choose_points",
+    "woman_level",
+    "woman_level_cis",
+    "study_score_checks",
+    "contralateral_order_check",
+    "rederive",
+    "main",
+]
+
+#: The views a mini-MIAS woman has: one MLO per breast.
+MIAS_VIEWS = (("L", "MLO"), ("R", "MLO"))
+REVIEW_SENSITIVITY = 0.85  # the seed's sensitivity goal, per woman
+PRIORITY_SPECIFICITY = 0.90
+
+
+@dataclass(frozen=True)
+class WomanStudy:
+    """One woman's study as the box would score it: her views and whether any breast has a finding."""
+
+    woman: str
+    abnormal: int
+    views: tuple[ViewScore, ...]
+
+    @property
+    def present(self) -> tuple[tuple[str, str], ...]:
+        return tuple(sorted({(v.laterality, v.view) for v in self.views}))
+
+
+def _side(row: dict) -> str:
+    """Laterality of a prediction row; mini-MIAS rows carry none: odd image numbers are right breasts."""
+    side = row.get("laterality") or row.get("side")
+    if side in ("L", "R"):
+        return str(side)
+    ref = str(row.get("ref", ""))
+    if ref.startswith("mdb") and ref[3:].isdigit():
+        return "R" if int(ref[3:]) % 2 else "L"
+    raise ReleaseError(f"prediction row {ref or row!r} has no laterality (add 'laterality': 'L'/'R' to cv_predictions.json)")
+
+
+def woman_studies(rows: Iterable[dict], beta: float, fallback_p_other: float | None = None) -> list[WomanStudy]:
+    """Group per-image prediction rows by woman into the ViewScores the box's worker would make.
+
+    Each view's suspicion pairs it with the same view of the other breast exactly as
+    the worker does (:func:`~edge_agent.inference.triage.first_by_view`,
+    :func:`~edge_agent.inference.triage.other_breast`, :func:`~models.release_files.suspicion`).
+    """
+    by: dict[str, list[dict]] = {}
+    for r in rows:
+        by.setdefault(str(r["woman"]), []).append(r)
+    out = []
+    for woman in sorted(by, key=lambda w: (len(w), w)):
+        mine = by[woman]
+        sides = [(_side(r), str(r.get("view") or "MLO")) for r in mine]
+        p_first = first_by_view((lat, view, float(r["p_abnormal"])) for (lat, view), r in zip(sides, mine, strict=True))
+        views = tuple(
+            ViewScore(str(r.get("ref", "")), lat, view, float(r["p_abnormal"]), float(r.get("p_malignant", 0.0)),
+                      suspicion(float(r["p_abnormal"]), other_breast(p_first, lat, view), beta, fallback_p_other),
+                      0, 0, "")
+            for (lat, view), r in zip(sides, mine, strict=True)
+        )
+        out.append(WomanStudy(woman, int(max(int(r["abnormal"]) for r in mine)), views))
+    return out
+
+
+def study_scores(studies: Sequence[WomanStudy]) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, study scores) with the box's :func:`~edge_agent.inference.triage.study_score`."""
+    y = np.array([s.abnormal for s in studies], dtype=int)
+    s = np.array([study_score(s.views) for s in studies], dtype=np.float64)
+    return y, s
+
+
+def _gap_below(s: np.ndarray, v: float) -> float:
+    below = s[s < v]
+    return float((v + below.max()) / 2) if len(below) else float(v - 1e-6)
+
+
+def _gap_above(s: np.ndarray, v: float) -> float:
+    above = s[s > v]
+    return float((v + above.min()) / 2) if len(above) else float(v + 1e-6)
+
+
+def choose_points(y: Sequence[int], s: Sequence[float], review_sens: float = REVIEW_SENSITIVITY,
+                  priority_spec: float = PRIORITY_SPECIFICITY) -> tuple[float, float]:
+    """(review, priority) thresholds on study scores.
+
+    Review: in the gap just below the score of the abnormal woman who completes
+    ``review_sens`` of abnormal women (so at least that share is flagged, and as
+    few normal women as possible). Priority: in the gap just above the normal
+    woman who completes ``priority_spec`` of normal women (so at least that share
+    stays below it). Thresholds sit midway between neighbouring scores, not on a
+    woman's score, so a tiny shift of the scale does not flip her.
+    """
+    y = np.asarray(y).astype(bool)
+    s = np.asarray(s, np.float64)
+    if y.all() or not y.any():
+        raise ReleaseError("operating points need both normal and abnormal women in the predictions")
+    pos = np.sort(s[y])[::-1]
+    review = _gap_below(s, float(pos[math.ceil(review_sens * len(pos)) - 1]))
+    neg = np.sort(s[~y])
+    priority = _gap_above(s, float(neg[math.ceil(priority_spec * len(neg)) - 1]))
+    return review, max(priority, review)
+
+
+def _levels(studies: Sequence[WomanStudy], points: OperatingPoints, required=None) -> list[str]:
+    """Each woman's triage level through the box's own :func:`~edge_agent.inference.triage.aggregate`."""
+    out = []
+    for st in studies:
+        t = aggregate(list(st.views), [], points, required=st.present if required is None else required)
+        if t.triage is None:
+            raise ReleaseError(f"woman {st.woman}: {', '.join(t.reasons)}")
+        out.append(t.triage)
+    return out
+
+
+def _rates(y: np.ndarray, lv: np.ndarray) -> dict[str, float]:
+    """Sensitivity/specificity at both points from levels coded 0/1/2."""
+    pos, neg = lv[y == 1], lv[y == 0]
+    nan = float("nan")
+    return {
+        "sensitivity_review": float((pos >= 1).mean()) if len(pos) else nan,
+        "specificity_review": float((neg == 0).mean()) if len(neg) else nan,
+        "sensitivity_priority": float((pos == 2).mean()) if len(pos) else nan,
+        "specificity_priority": float((neg <= 1).mean()) if len(neg) else nan,
+    }
+
+
+def woman_level(studies: Sequence[WomanStudy], points: OperatingPoints, data: str, n_boot: int = 2000,
+                seed: int = 0, required=None) -> dict:
+    """The ``woman_level`` block of model.json (the kiosk reads it): figures through the box's aggregation.
+
+    ``required``: the views a woman must have (default: each woman's own views).
+    """
+    y, s = study_scores(studies)
+    levels = _levels(studies, points, required)
+    lv = np.array([TRIAGE_LEVELS.index(t) for t in levels])
+    ids = [st.woman for st in studies]
+    lo, hi = bootstrap_ci(roc_auc, y, s, ids, n_boot=n_boot, seed=seed)
+    return {
+        "n_women": len(studies),
+        "n_abnormal": int(y.sum()),
+        "auc": roc_auc(y, s),
+        "auc_ci95": [lo, hi],
+        **_rates(y, lv),
+        "triage_counts": {t: levels.count(t) for t in TRIAGE_LEVELS},
+        "data": data,
+        "experimental": True,
+    }
+
+
+def woman_level_cis(studies: Sequence[WomanStudy], points: OperatingPoints, n_boot: int = 2000, seed: int = 0,
+                    required=None) -> dict[str, list[float]]:
+    """95% CIs of the four rates at fixed thresholds, resampling women."""
+    y, _ = study_scores(studies)
+    lv = np.array([TRIAGE_LEVELS.index(t) for t in _levels(studies, points, required)])
+    ids = [st.woman for st in studies]
+    return {f"{k}_ci95": list(bootstrap_ci(lambda yy, ll, k=k: _rates(yy, ll)[k], y, lv, ids, n_boot=n_boot, seed=seed))
+            for k in ("sensitivity_review", "specificity_review", "sensitivity_priority", "specificity_priority")}
+
+
+def _after_max_score(st: WomanStudy, beta: float) -> float:
+    """The alternative the box does NOT run: each breast's maximum over views first, then the other breast subtracted."""
+    top: dict[str, float] = {}
+    for v in st.views:
+        top[v.laterality] = max(top.get(v.laterality, -1.0), v.p_abnormal)
+    if len(top) < 2:
+        return max(top.values())
+    a, b = top["L"], top["R"]
+    return max(a - beta * b, b - beta * a)
+
+
+def contralateral_order_check(n_women: int = 20000, seed: int = 0) -> list[dict]:
+    """Constructed 4-view check: contralateral term per view before the maximum, or per breast after it.
+
+    mini-MIAS has one view per breast, where the two orders are the same number,
+    so the question is asked of simulated studies whose logit structure is fitted
+    to the 0.1.0 CV predictions of normal women (woman-shared share of variance
+    0.42, total SD 0.85, mean -0.29); a finding adds ``signal`` logits to one
+    breast, seen in both views (70%) or one. ``mlo_offset`` is a projection
+    effect (the MLO shows the pectoral muscle) that differs between women.
+    Returns the woman-level AUC of both orders per setting.
+    """
+    from models.release_files import CONTRALATERAL_BETA
+
+    rng = np.random.default_rng(seed)
+    out = []
+    sd = 0.85
+    for signal in (0.36, 1.0):
+        for mlo_sd in (0.0, 0.5, 1.0):
+            y = rng.integers(0, 2, n_women)
+            woman = rng.normal(0, sd * math.sqrt(0.42), n_women)
+            proj = rng.normal(0, mlo_sd, n_women)  # how much more suspicious the MLO looks, per woman
+            finding_side = rng.integers(0, 2, n_women)
+            seen = rng.choice(3, n_women, p=[0.7, 0.15, 0.15])  # both views / CC only / MLO only
+            z = np.empty((n_women, 2, 2))  # woman, breast (L, R), view (CC, MLO)
+            for b in range(2):
+                breast = rng.normal(0, sd * math.sqrt(0.2), n_women)
+                for v in range(2):
+                    z[:, b, v] = -0.29 + woman + breast + rng.normal(0, sd * math.sqrt(0.38), n_women) + v * proj
+                    hit = (y == 1) & (finding_side == b) & ((seen == 0) | (seen == 1 + v))
+                    z[hit, b, v] += signal
+            p = 1 / (1 + np.exp(-z))
+            lat, view = ("L", "R"), ("CC", "MLO")
+            before, after = [], []
+            for i in range(n_women):
+                st = WomanStudy(str(i), int(y[i]), tuple(
+                    ViewScore("", lat[b], view[v], float(p[i, b, v]), 0.0,
+                              float(p[i, b, v] - CONTRALATERAL_BETA * p[i, 1 - b, v]), 0, 0, "")
+                    for b in range(2) for v in range(2)))
+                before.append(study_score(st.views))
+                after.append(_after_max_score(st, CONTRALATERAL_BETA))
+            out.append({"signal_logit": signal, "mlo_offset_sd": mlo_sd,
+                        "auc_before_max": round(roc_auc(y, before), 4), "auc_after_max": round(roc_auc(y, after), 4)})
+    return out
+
+
+def _beta_auc(rows: list[dict], beta: float, fallback: float | None, n_boot: int) -> dict:
+    y, s = study_scores(woman_studies(rows, beta, fallback))
+    ids = sorted({str(r["woman"]) for r in rows}, key=lambda w: (len(w), w))
+    lo, hi = bootstrap_ci(roc_auc, y, s, ids, n_boot=n_boot)
+    return {"auc": roc_auc(y, s), "auc_ci95": [lo, hi]}
+
+
+def _nested_beta(rows: list[dict], fallback: float | None, betas=(0.0, 0.5, 1.0)) -> dict:
+    """Choose beta on the other folds' women, score each fold's women with it: the honest value of choosing beta."""
+    folds = sorted({r["fold"] for r in rows})
+    chosen, y_all, s_all, fixed_auc, nested_auc = {}, [], [], [], []
+    for f in folds:
+        train = [r for r in rows if r["fold"] != f]
+        test = [r for r in rows if r["fold"] == f]
+        best = max(betas, key=lambda b: roc_auc(*study_scores(woman_studies(train, b, fallback))))
+        chosen[str(f)] = best
+        y, s = study_scores(woman_studies(test, best, fallback))
+        y_all += y.tolist()
+        s_all += s.tolist()
+        nested_auc.append(roc_auc(y, s))
+        fixed_auc.append(roc_auc(*study_scores(woman_studies(test, 0.5, fallback))))
+    return {"beta_chosen_per_fold": chosen, "auc_pooled": roc_auc(y_all, s_all),
+            "auc_mean_over_folds": float(np.nanmean(nested_auc)), "auc_mean_over_folds_fixed_0.5": float(np.nanmean(fixed_auc))}
+
+
+def _paired_difference(rows: list[dict], beta: float, fallback: float | None, n_boot: int, seed: int = 0) -> dict:
+    """AUC(w = 1) - AUC(w = beta) on the same women, with a CI resampling women (both scores move together)."""
+    y, s1 = study_scores(woman_studies(rows, 1.0, fallback))
+    _, sb = study_scores(woman_studies(rows, beta, fallback))
+    rng = np.random.default_rng(seed)
+    diffs = []
+    for _ in range(n_boot):
+        i = rng.integers(0, len(y), len(y))
+        d = roc_auc(y[i], s1[i]) - roc_auc(y[i], sb[i])
+        if d == d:
+            diffs.append(d)
+    return {"value": roc_auc(y, s1) - roc_auc(y, sb), "ci95": [float(np.quantile(diffs, 0.025)), float(np.quantile(diffs, 0.975))]}
+
+
+def study_score_checks(rows: list[dict], beta: float, fallback: float | None, n_boot: int = 2000) -> dict:
+    """What the card records about the study score: orders of max and subtraction, and the other breast's weight."""
+    studies = woman_studies(rows, beta, fallback)
+    after = np.array([_after_max_score(st, beta) for st in studies])
+    _, before = study_scores(studies)
+    one_view = all(len(st.views) == len({v.laterality for v in st.views}) for st in studies)
+    return {
+        "one_view_per_breast": one_view,
+        "max_abs_difference_before_vs_after_max": float(np.abs(before - after).max()),
+        "woman_auc_by_beta": {str(b): _beta_auc(rows, b, fallback, n_boot) for b in (0.0, 0.5, 1.0)},
+        "woman_auc_difference_1_minus_beta": _paired_difference(rows, beta, fallback, n_boot),
+        "nested_beta_selection": _nested_beta(rows, fallback) if "fold" in rows[0] else None,
+        "contralateral_order_simulation": contralateral_order_check(),
+    }
+
+
+def image_rates(rows: list[dict], beta: float, review: float, priority: float) -> dict[str, float]:
+    """Image-level sensitivity/specificity of each image's suspicion at the same thresholds (for the card, side by side)."""
+    studies = woman_studies(rows, beta)
+    truth = {str(r.get("ref", "")): int(r["abnormal"]) for r in rows}
+    y = np.array([truth[v.sop_uid] for st in studies for v in st.views])
+    s = np.array([v.suspicion for st in studies for v in st.views])
+    lv = np.where(s >= priority, 2, np.where(s >= review, 1, 0))
+    return _rates(y, lv)
+
+
+def derive(rows: list[dict], info: dict, data: str, n_boot: int = 2000, replacing: bool = False) -> dict:
+    """New ``operating_points``, ``woman_level`` and ``woman_level_detail`` for a release's model.json.
+
+    ``replacing``: the release already has thresholds chosen another way (per image); record what
+    they did to women beside the new ones (kept from the first re-derivation on).
+    """
+    op = dict(info["operating_points"])
+    beta = float(op.get("beta", 0.5))
+    fallback = op.get("fallback_p_other")
+    studies = woman_studies(rows, beta, fallback)
+    y, s = study_scores(studies)
+    review, priority = choose_points(y, s)
+    points = OperatingPoints(review, priority, beta, fallback)
+    wl = woman_level(studies, points, data, n_boot=n_boot)
+    img = image_rates(rows, beta, review, priority)
+    old = {k: op[k] for k in ("review", "priority", "cv_specificity_at_review", "cv_specificity_at_priority") if k in op}
+    op.update({
+        "review": review,
+        "priority": priority,
+        "chosen_on": ("study score (edge_agent.inference.triage.study_score) of each woman's out-of-fold views; "
+                      f"review: >= {REVIEW_SENSITIVITY:.0%} of abnormal women flagged, priority: >= "
+                      f"{PRIORITY_SPECIFICITY:.0%} of normal women below"),
+        "cv_sensitivity_at_review": img["sensitivity_review"],
+        "cv_specificity_at_review": img["specificity_review"],
+        "cv_sensitivity_at_priority": img["sensitivity_priority"],
+        "cv_specificity_at_priority": img["specificity_priority"],
+        "cv_rates_unit": "image (each image's suspicion against the same thresholds); woman-level figures in woman_level",
+    })
+    replaced = info.get("woman_level_detail", {}).get("image_level_points_replaced")
+    detail = {
+        "rates_ci95": woman_level_cis(studies, points, n_boot=n_boot),
+        "image_level_points_replaced": replaced or (
+            {**old, "woman_level_at_them": _old_levels(studies, old, beta, fallback, data)} if replacing else None),
+        "study_score_checks": study_score_checks(rows, beta, fallback, n_boot=n_boot),
+    }
+    return {"operating_points": op, "woman_level": wl, "woman_level_detail": detail}
+
+
+def _old_levels(studies, old: dict, beta: float, fallback, data: str) -> dict | None:
+    if "review" not in old:
+        return None
+    wl = woman_level(studies, OperatingPoints(float(old["review"]), float(old["priority"]), beta, fallback), data, n_boot=200)
+    return {k: wl[k] for k in ("sensitivity_review", "specificity_review", "sensitivity_priority",
+                               "specificity_priority", "triage_counts")}
+
+
+def describe_data(info: dict, n_women: int) -> str:
+    k = info.get("cv_metrics", {}).get("k", 5)
+    return f"mini-MIAS digitised film (MLO views), {n_women} women, {k}-fold cross-validation"
+
+
+def rederive(folder: Path, n_boot: int = 2000) -> dict:
+    """Re-derive a built release's operating points from its cv_predictions.json and rewrite
+    model.json, MODEL_CARD.md and manifest.json (no retraining)."""
+    from models.model_card import render_card
+    from models.release_files import write_manifest
+
+    folder = Path(folder)
+    if (folder / "manifest.sig").exists():
+        raise ReleaseError(f"{folder} is signed (manifest.sig): re-derive on the unsigned build, then have the coordinator sign it again")
+    info = json.loads((folder / "model.json").read_text())
+    rows = json.loads((folder / "cv_predictions.json").read_text())
+    n_women = len({str(r["woman"]) for r in rows})
+    info.update(derive(rows, info, describe_data(info, n_women), n_boot=n_boot,
+                       replacing="woman_level" not in info))
+    (folder / "model.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+    (folder / "MODEL_CARD.md").write_text(render_card(info, folder))
+    write_manifest(folder, info["version"])
+    return info
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m models.operating_points", description=__doc__.split("\n")[0])
+    ap.add_argument("release", type=Path, help="a release folder with model.json and cv_predictions.json")
+    ap.add_argument("--write", action="store_true", help="rewrite model.json, MODEL_CARD.md and manifest.json")
+    ap.add_argument("--n-boot", type=int, default=2000)
+    a = ap.parse_args(argv)
+    if a.write:
+        info = rederive(a.release, n_boot=a.n_boot)
+    else:
+        info = json.loads((a.release / "model.json").read_text())
+        rows = json.loads((a.release / "cv_predictions.json").read_text())
+        info = {**info, **derive(rows, info, describe_data(info, len({str(r["woman"]) for r in rows})), n_boot=a.n_boot,
+                                 replacing="woman_level" not in info)}
+    print(json.dumps({k: info[k] for k in ("operating_points", "woman_level", "woman_level_detail")}, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
