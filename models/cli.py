@@ -1,4 +1,4 @@
-"""``mammo train``, ``mammo eval`` and ``mammo bench infer``.
+"""``mammo train``, ``mammo eval`` (``--images`` or ``--dicom``) and ``mammo bench infer``.
 
 ``edge_agent.cli`` calls :func:`register` with its top-level subparsers and the
 subparsers of ``mammo bench``. Each handler takes the parsed args and returns
@@ -86,16 +86,33 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    """Run the shipped model over a folder through the box's own inference path."""
-    from models.runtime import evaluate_folder
+    """Run the shipped model over a folder through the box's own inference path.
 
+    ``--images``: a mini-MIAS-shaped folder, per image and per woman. ``--dicom``
+    with ``--labels``: a clinic's DICOM studies through a throwaway box (ingest,
+    de-identification, inference, triage), per woman-study.
+    """
+    from edge_agent.errors import MammoError
+
+    release = Path(args.release or _default_release())
     try:
-        result = evaluate_folder(Path(args.images), Path(args.release or _default_release()),
-                                 backend=args.backend, threads=args.threads)
+        if args.dicom:
+            from models.dicom_eval import evaluate_dicom
+
+            if not args.labels:
+                print("error: --dicom needs --labels CSV (study_instance_uid,label; see the README)", file=sys.stderr)
+                return 2
+            result = evaluate_dicom(Path(args.dicom), Path(args.labels), release, backend=args.backend,
+                                    threads=args.threads, n_boot=args.n_boot)
+        else:
+            from models.runtime import evaluate_folder
+
+            result = evaluate_folder(Path(args.images), release, backend=args.backend, threads=args.threads,
+                                     n_boot=args.n_boot)
     except DatasetError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except ModelError as exc:
+    except (ModelError, MammoError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     _emit(result, args.json)
@@ -139,8 +156,12 @@ def register(subparsers, bench_subparsers) -> None:
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_train)
 
-    e = subparsers.add_parser("eval", help="evaluate the shipped model on a mini-MIAS-shaped folder")
-    e.add_argument("--images", required=True, help="folder with images/ and images.csv")
+    e = subparsers.add_parser("eval", help="evaluate a model release per image and per woman (image folder or DICOM studies)")
+    src = e.add_mutually_exclusive_group(required=True)
+    src.add_argument("--images", help="folder with images/ and images.csv (mini-MIAS shape)")
+    src.add_argument("--dicom", help="folder of DICOM files (4-view studies), run through a temporary box")
+    e.add_argument("--labels", help="with --dicom: CSV with study_instance_uid (or accession_number, patient_id) and label 0/1")
+    e.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples (of women) for the 95%% CIs")
     e.add_argument("--release", default=None, help="release folder (default: newest under models/release)")
     e.add_argument("--backend", choices=["onnx-int8", "tflite-int8", "onnx-fp32"], default="onnx-int8")
     e.add_argument("--threads", type=int, default=2)

@@ -310,4 +310,7 @@ def evaluate_folder(images: Path, release: Path | str | None = None, backend: st
     for s in sus:
         t = triage(s, pts)
         out["triage_counts"][t] = out["triage_counts"].get(t, 0) + 1
+    from models.operating_points import women_of_images  # per woman, through the box's own study aggregation
+
+    out["women"] = women_of_images(records, pa, pm, pts, n_boot=n_boot)
     return _no_nan(out)

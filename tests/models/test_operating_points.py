@@ -109,5 +109,9 @@ def test_cv_rows_become_the_views_the_worker_would_score():
     right = next(v for v in st.views if v.laterality == "R")
     assert right.suspicion == pytest.approx(0.8 - 0.5 * 0.2)
     assert study_score(st.views) == pytest.approx(0.7)
-    with pytest.raises(ReleaseError, match="laterality"):
-        woman_studies([{"ref": "x", "woman": "1", "abnormal": 0, "p_abnormal": 0.5}], 0.5)
+    # without a side column a woman's two images are her two breasts; a third cannot be placed
+    unsided = [{"ref": f"x{i}", "woman": "1", "abnormal": 0, "p_abnormal": p} for i, p in enumerate((0.5, 0.3, 0.4))]
+    (st,) = woman_studies(unsided[:2], 0.5)
+    assert sorted(v.laterality for v in st.views) == ["L", "R"] and study_score(st.views) == pytest.approx(0.35)
+    with pytest.raises(ReleaseError, match="side"):
+        woman_studies(unsided, 0.5)
