@@ -234,7 +234,8 @@ def image_rates(rows: list[dict], beta: float, review: float, priority: float) -
     return _rates(y, lv)
 
 
-def derive(rows: list[dict], info: dict, data: str, n_boot: int = 2000, replacing: bool = False) -> dict:
+def derive(rows: list[dict], info: dict, data: str, n_boot: int = 2000, replacing: bool = False,
+           checks: bool = True) -> dict:
     """New ``operating_points``, ``woman_level`` and ``woman_level_detail`` for a release's model.json.
 
     ``replacing``: the release already has thresholds chosen another way (per image); record what
@@ -269,7 +270,7 @@ def derive(rows: list[dict], info: dict, data: str, n_boot: int = 2000, replacin
         "rates_ci95": woman_level_cis(studies, points, n_boot=n_boot),
         "image_level_points_replaced": replaced or (
             {**old, "woman_level_at_them": _old_levels(studies, old, beta, fallback, data)} if replacing else None),
-        "study_score_checks": study_score_checks(rows, beta, fallback, n_boot=n_boot),
+        "study_score_checks": study_score_checks(rows, beta, fallback, n_boot=n_boot) if checks else None,
     }
     return {"operating_points": op, "woman_level": wl, "woman_level_detail": detail}
 

@@ -7,7 +7,8 @@ Steps: export fp32 ONNX; static INT8 ONNX calibrated on real preprocessed
 mammograms; INT8 TFLite through ``scripts/build_tflite.sh`` (separate venv);
 re-score every CV fold's held-out women with that fold's model as fp32 AND as
 INT8 ONNX (the honest check that quantization costs < 0.01 AUC); choose the
-triage thresholds on the out-of-fold predictions; write model.json,
+triage thresholds on the out-of-fold predictions, per WOMAN, with the box's own
+study aggregation (:mod:`models.operating_points`); write model.json,
 MODEL_CARD.md (from the measured numbers) and manifest.json; copy the CV
 metrics and out-of-fold predictions beside them for audit.
 
@@ -29,34 +30,13 @@ import numpy as np
 from models.crossval import add_contralateral
 from models.data import read_folder, shared_data_dir, woman_folds
 from models.evaluation import roc_auc
+from models.operating_points import derive, describe_data
 from models.release_files import CONTRALATERAL_BETA, write_manifest
 from models.training import build_arrays, pair_indices
 
-__all__ = ["build", "choose_operating_points"]
+__all__ = ["build"]
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def choose_operating_points(y: np.ndarray, p: np.ndarray, review_sens: float = 0.85,
-                            priority_spec: float = 0.90) -> dict:
-    """Review threshold: the highest score that still flags ``review_sens`` of
-    abnormal images (the seed's sensitivity goal); priority threshold: the
-    score above which only ``1 - priority_spec`` of normal images lie."""
-    y = np.asarray(y).astype(bool)
-    p = np.asarray(p, np.float64)
-    pos = np.sort(p[y])[::-1]
-    review = float(pos[int(np.ceil(review_sens * len(pos))) - 1])
-    neg = np.sort(p[~y])
-    priority = float(neg[int(np.ceil(priority_spec * len(neg))) - 1])
-    priority = max(priority, review)
-    return {
-        "review": review,
-        "priority": priority,
-        "cv_sensitivity_at_review": float((p[y] >= review).mean()),
-        "cv_specificity_at_review": float((p[~y] < review).mean()),
-        "cv_sensitivity_at_priority": float((p[y] >= priority).mean()),
-        "cv_specificity_at_priority": float((p[~y] < priority).mean()),
-    }
 
 
 def _ort_probs(path: Path, inputs: np.ndarray) -> np.ndarray:
@@ -163,12 +143,11 @@ def build(final: Path, cv: Path, version: str, data: Path, out_root: Path, k: in
 
     cv_metrics = json.loads((cv / "cv_metrics.json").read_text())
     cv_rows = add_contralateral(json.loads((cv / "cv_predictions.json").read_text()), CONTRALATERAL_BETA)
-    y = np.array([r["abnormal"] for r in cv_rows])
-    p = np.array([r["suspicion"] for r in cv_rows])
-    points = choose_operating_points(y, p)
-    points["beta"] = CONTRALATERAL_BETA
-    points["fallback_p_other"] = float(np.median([r["p_abnormal"] for r in cv_rows]))
-    points["score"] = "suspicion = p_abnormal - beta * p_abnormal(other breast); fallback_p_other when absent"
+    points = {
+        "beta": CONTRALATERAL_BETA,
+        "fallback_p_other": float(np.median([r["p_abnormal"] for r in cv_rows])),
+        "score": "suspicion = p_abnormal - beta * p_abnormal(other breast, same view); fallback_p_other when absent",
+    }  # review/priority: chosen per woman below
     per_class = _per_class_auc(cv_rows, data)
     info = {
         "version": version,
@@ -179,9 +158,9 @@ def build(final: Path, cv: Path, version: str, data: Path, out_root: Path, k: in
         "outputs": {"score": "(1, 2) logits [abnormal, malignant]",
                     "lesion_map": "(1, 2, S/8, S/8) logits; TFLite gives NHWC (1, S/8, S/8, 2)"},
         "operating_points": points,
-        "operating_points_note": ("thresholds on p_abnormal chosen on woman-level 5-fold out-of-fold "
-                                  "predictions; the release model is retrained on all women, so its "
-                                  "calibration can drift from these folds"),
+        "operating_points_note": ("thresholds on the study score chosen per woman on woman-level k-fold "
+                                  "out-of-fold predictions (models.operating_points); the release model is "
+                                  "retrained on all women, so its calibration can drift from these folds"),
         "training_config": cfg,
         "cv_metrics": cv_metrics,
         "quantization_check": quant_check,
@@ -190,6 +169,8 @@ def build(final: Path, cv: Path, version: str, data: Path, out_root: Path, k: in
         "development_notes": notes.read_text().splitlines() if notes else [],
         "cv_repeats": [_repeat_summary(r) for r in repeats or []],
     }
+    n_women = len({r["woman"] for r in cv_rows})
+    info.update(derive(cv_rows, info, describe_data(info, n_women)))  # the same selection for every release
     (out / "model.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
     # the out-of-fold predictions behind every CV figure, for audit (no pixels)
     shutil.copy(cv / "cv_metrics.json", out / "cv_metrics.json")

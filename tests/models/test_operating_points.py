@@ -115,3 +115,37 @@ def test_cv_rows_become_the_views_the_worker_would_score():
     assert sorted(v.laterality for v in st.views) == ["L", "R"] and study_score(st.views) == pytest.approx(0.35)
     with pytest.raises(ReleaseError, match="side"):
         woman_studies(unsided, 0.5)
+
+
+def test_a_new_release_gets_the_same_woman_level_selection_as_the_rederived_one():
+    """release_build calls derive() on a model.json without thresholds: same points, same figures, no 'replaced'."""
+    from models.operating_points import derive
+
+    folder = next(p for p in RELEASES if p.name == "0.1.0")
+    info = json.loads((folder / "model.json").read_text())
+    fresh = {**info, "operating_points": {k: info["operating_points"][k] for k in ("beta", "fallback_p_other")}}
+    for k in ("woman_level", "woman_level_detail"):
+        fresh.pop(k)
+    got = derive(json.loads((folder / "cv_predictions.json").read_text()), fresh, info["woman_level"]["data"], checks=False)
+    assert got["operating_points"]["review"] == info["operating_points"]["review"]
+    assert got["operating_points"]["priority"] == info["operating_points"]["priority"]
+    assert got["woman_level"] == info["woman_level"]
+    assert got["woman_level_detail"]["image_level_points_replaced"] is None
+
+
+def test_rederiving_a_release_keeps_it_loadable_and_refuses_a_signed_one(tmp_path):
+    import shutil
+
+    from models.operating_points import rederive
+
+    src = next(p for p in RELEASES if p.name == "0.1.0")
+    copy = tmp_path / "0.1.0"
+    shutil.copytree(src, copy)
+    before = json.loads((copy / "model.json").read_text())
+    info = rederive(copy, n_boot=2000)
+    assert info["woman_level"] == before["woman_level"]  # the committed release is what its own predictions give
+    rel = load_release(copy)  # manifest rewritten over the new files
+    assert rel.operating_points.review == before["operating_points"]["review"]
+    (copy / "manifest.sig").write_text("c2lnbmF0dXJl\n")
+    with pytest.raises(ReleaseError, match="coordinator sign it again"):
+        rederive(copy)
