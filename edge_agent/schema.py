@@ -261,6 +261,34 @@ KIOSK = [
     CREATE INDEX kiosk_audit_action ON kiosk_audit (action, id);
     CREATE INDEX kiosk_audit_at ON kiosk_audit (at);
     """,
+    # 3: BI-RADS and density are the radiologist's categories: optional, and recorded with where they came from
+    #    (a radiologist's account, or a radiology report typed in by whoever holds it). Rows from the old form, which
+    #    asked the family doctor for them, keep their values marked 'legacy' (radiologists' rows: 'radiologist').
+    """
+    CREATE TABLE kiosk_feedback_v3 (
+        id INTEGER PRIMARY KEY,
+        study_uid TEXT NOT NULL,
+        username TEXT NOT NULL,
+        role TEXT NOT NULL,
+        agrees INTEGER NOT NULL,
+        birads INTEGER CHECK (birads BETWEEN 0 AND 6),
+        density TEXT CHECK (density IN ('A', 'B', 'C', 'D')),
+        category_source TEXT CHECK (category_source IN ('radiologist', 'radiology_report', 'legacy')),
+        notes TEXT NOT NULL DEFAULT '',
+        model_version TEXT,
+        triage TEXT,
+        created_at REAL NOT NULL,
+        CHECK ((birads IS NULL) = (density IS NULL) AND (birads IS NULL) = (category_source IS NULL))
+    );
+    INSERT INTO kiosk_feedback_v3 (id, study_uid, username, role, agrees, birads, density, category_source, notes, model_version,
+                                   triage, created_at)
+        SELECT id, study_uid, username, role, agrees, birads, density,
+               CASE role WHEN 'radiologist' THEN 'radiologist' ELSE 'legacy' END, notes, model_version, triage, created_at
+        FROM kiosk_feedback;
+    DROP TABLE kiosk_feedback;
+    ALTER TABLE kiosk_feedback_v3 RENAME TO kiosk_feedback;
+    CREATE INDEX kiosk_feedback_study ON kiosk_feedback (study_uid, created_at);
+    """,
 ]
 
 MIGRATIONS: dict[str, list[str]] = {

@@ -37,8 +37,9 @@ from edge_agent.errors import (
     UploadRejected,
 )
 from edge_agent.settings import Settings
-from kiosk_ui import auth, referral, throttle
-from kiosk_ui.i18n import LANGUAGES, catalog, person_name, pick_language, upper
+from kiosk_ui import auth, referral, throttle, wording
+from kiosk_ui.i18n import LANGUAGES, catalog, decimal, percent, person_name, pick_language, upper
+from kiosk_ui.model_info import drawn_heatmaps, performance_lines
 from kiosk_ui.records import BIRADS, DENSITIES, STATUSES, TRIAGES, AuditQuery, FeedbackInput, Session, WorklistQuery
 from kiosk_ui.services import KioskServices
 
@@ -190,7 +191,9 @@ async def study(request: Request, uid: FromPath[str]) -> Template:
     svc = _services(request)
     view = svc.study(uid)
     svc.audit(session.user.username, "view_study", uid, "")
-    return _page(request, "study.html", session, study=view, birads=BIRADS, densities=DENSITIES, saved=bool(saved))
+    model = svc.model_info(view.model_version, _lang(request))
+    return _page(request, "study.html", session, study=view, model=model, overlays=drawn_heatmaps(view, model), birads=BIRADS,
+                 densities=DENSITIES, saved=bool(saved))
 
 
 @get("/studies/{uid:str}/state.json")
@@ -229,10 +232,19 @@ async def feedback(request: Request, uid: FromPath[str]) -> Response:
     session = _session(request, "feedback")
     form = await _form(request)
     _check_csrf(session, form)
-    birads, density = _field(form, "birads"), _field(form, "density")
-    if not (birads.isdigit() and int(birads) in BIRADS) or density not in DENSITIES:
-        raise KioskError("error.feedback_invalid", "BI-RADS 0-6 and density A-D are required")
-    fb = FeedbackInput(agrees=_field(form, "agrees") == "yes", birads=int(birads), density=density, notes=_field(form, "notes")[:2000])
+    agrees, birads, density = _field(form, "agrees"), _field(form, "birads"), _field(form, "density")
+    if agrees not in ("yes", "no"):
+        raise KioskError("error.feedback_choose", "neither agreement nor disagreement was chosen")
+    source = None
+    if birads or density:
+        if not (birads.isdigit() and int(birads) in BIRADS) or density not in DENSITIES:
+            raise KioskError("error.feedback_invalid", "BI-RADS 0-6 and density A-D go together")
+        # A radiologist's account enters its own reading; anyone else only copies a radiology report, and says so.
+        source = "radiologist" if session.user.role == "radiologist" else ("radiology_report" if _field(form, "from_report") == "yes" else None)
+        if source is None:
+            raise KioskError("error.categories_source", "BI-RADS and density from a non-radiologist without 'from the radiology report'")
+    fb = FeedbackInput(agrees=agrees == "yes", notes=_field(form, "notes")[:2000], birads=int(birads) if source else None,
+                       density=density if source else None, category_source=source)
     _services(request).record_feedback(session.user, uid, fb)
     return Redirect(f"/studies/{quote(uid)}?saved=1", status_code=303)
 
@@ -245,14 +257,15 @@ async def referral_pdf(request: Request, uid: FromPath[str]) -> Response:
     view = svc.study(uid)
     t = catalog(_lang(request))
     ctx = referral.ReferralContext(svc.settings.box_name, svc.settings.box_city, session.user.full_name, svc.clock())
+    model = svc.model_info(view.model_version, t.lang)
 
-    def thumb(sop: str) -> bytes | None:
+    def thumb(sop: str, heatmap: bool) -> bytes | None:
         try:
-            return svc.composite_png(uid, sop)
+            return svc.composite_png(uid, sop, heatmap=heatmap)
         except (NotFound, StoreError, IntegrityError):
             return None
 
-    pdf = referral.build(view, t, ctx, thumb)
+    pdf = referral.build(view, model, t, ctx, thumb)
     svc.audit(session.user.username, "print_referral" if print else "export_referral", uid, f"{len(pdf)} bytes")
     disposition = "inline" if print else "attachment"
     name = f"sevk-{view.pseudonym[:12]}.pdf"
@@ -394,13 +407,16 @@ def fmt_bytes(n: int) -> str:
     return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.0f} MB"
 
 
-def fmt_score(x: float | None) -> str:
-    return "—" if x is None else f"{x:.2f}"
+def fmt_score(x: float | None, lang: str = "tr") -> str:
+    """A suspicion score as the reader writes numbers ('0,43' in Turkish)."""
+    return decimal(x, lang)
 
 
 def jinja_environment() -> Environment:
     env = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(["html"]), auto_reload=False)
-    env.globals.update(fmt_time=fmt_time, fmt_date=fmt_date, fmt_bytes=fmt_bytes, fmt_score=fmt_score, person_name=person_name, upper=upper, quote=quote)
+    env.globals.update(fmt_time=fmt_time, fmt_date=fmt_date, fmt_bytes=fmt_bytes, fmt_score=fmt_score, person_name=person_name, upper=upper, quote=quote,
+                       percent=percent, performance_lines=performance_lines, view_name=wording.view_name, problem_text=wording.problem_text,
+                       problem_summary=wording.problem_summary, categories_text=wording.categories_text)
     return env
 
 

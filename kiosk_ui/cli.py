@@ -118,6 +118,8 @@ def cmd_kiosk_demo(args: argparse.Namespace) -> int:
     triages = ("priority_radiologist_review", "no_suspicious_finding", "radiologist_review")
     made = []
     try:
+        if args.synthetic_results:
+            synthetic.write_release_info(box.settings.models_dir)
         for i in range(args.studies):
             uid = synthetic.ingest_study(svc.ingest, seed=i, size=256)
             if args.synthetic_results:

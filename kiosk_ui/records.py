@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
+import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlencode
 
@@ -12,6 +13,10 @@ PENDING = frozenset({"receiving", "waiting", "analysing"})
 TRIAGES = ("priority_radiologist_review", "radiologist_review", "no_suspicious_finding")
 DENSITIES = ("A", "B", "C", "D")
 BIRADS = tuple(range(7))
+SCREENING_VIEWS = (("R", "CC"), ("L", "CC"), ("R", "MLO"), ("L", "MLO"))  # the order the doctor reads them in
+# Where a feedback row's BI-RADS and density came from. A family doctor's own pick is never one of them: those are the
+# radiologist's categories. "legacy" marks rows from the form that asked the family doctor for them (kiosk migration 3).
+CATEGORY_SOURCES = ("radiologist", "radiology_report", "legacy")
 
 
 def study_status(ingest_state: str, job_state: str | None, result_status: str | None) -> str:
@@ -30,6 +35,35 @@ def study_status(ingest_state: str, job_state: str | None, result_status: str | 
 def triage_rank(triage: str | None) -> int:
     """Sort key: priority review first, then review, then everything else."""
     return {"priority_radiologist_review": 0, "radiologist_review": 1}.get(triage or "", 2)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Why an incomplete study has no result: a screening view ``missing``, one ``unreadable``, or ``other``."""
+
+    kind: str
+    laterality: str = ""
+    view: str = ""
+
+
+_UNREADABLE = re.compile(r"^unreadable: ([LR?])-([A-Z?]+)")
+
+
+def study_problems(status: str, reasons: Iterable[str], present: Iterable[tuple[str, str]]) -> tuple[Problem, ...]:
+    """What is wrong with an incomplete study, from the views that arrived and the worker's reasons (English, for logs).
+
+    Missing views come from what is stored, not from the reasons, so a view that arrived but could not be read is
+    reported once, as unreadable.
+    """
+    if status != "incomplete":
+        return ()
+    have = set(present)
+    out = [Problem("missing", lat, view) for lat, view in SCREENING_VIEWS if (lat, view) not in have]
+    for reason in reasons:
+        m = _UNREADABLE.match(reason)
+        if m and Problem("unreadable", m[1], m[2]) not in out:
+            out.append(Problem("unreadable", m[1], m[2]))
+    return tuple(out) or (Problem("other"),)
 
 
 @dataclass(frozen=True)
@@ -89,6 +123,7 @@ class WorklistRow:
     triage: str | None
     study_score: float | None
     image_count: int
+    problems: tuple[Problem, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -99,6 +134,7 @@ class ViewResult:
     p_abnormal: float | None
     p_malignant: float | None
     has_heatmap: bool
+    suspicion: float | None = None  # the view's triage score (this breast against the other): what the kiosk shows
 
     @property
     def label(self) -> str:
@@ -110,10 +146,12 @@ class FeedbackEntry:
     username: str
     role: str
     agrees: bool
-    birads: int
-    density: str
+    birads: int | None
+    density: str | None
     notes: str
     created_at: float
+    category_source: str | None = None
+    full_name: str = ""
 
 
 @dataclass(frozen=True)
@@ -131,18 +169,33 @@ class StudyView:
     profile: str | None
     views: tuple[ViewResult, ...]
     feedback: tuple[FeedbackEntry, ...] = field(default_factory=tuple)
+    problems: tuple[Problem, ...] = ()
 
     @property
     def pending(self) -> bool:
         return self.status in PENDING
 
+    @property
+    def has_result(self) -> bool:
+        """A triage category to show: an incomplete study has none, whatever scores its views got."""
+        return bool(self.triage) and self.status == "done"
+
+    def categories(self) -> FeedbackEntry | None:
+        """The latest BI-RADS and density recorded by a radiologist or from a radiology report, or None."""
+        return next((f for f in reversed(self.feedback) if f.birads is not None and f.category_source in CATEGORY_SOURCES[:2]), None)
+
+    def doctor_notes(self) -> FeedbackEntry | None:
+        """The latest entry with notes (the referring doctor's clinical notes travel with the referral)."""
+        return next((f for f in reversed(self.feedback) if f.notes.strip()), None)
+
 
 @dataclass(frozen=True)
 class FeedbackInput:
     agrees: bool
-    birads: int
-    density: str
     notes: str
+    birads: int | None = None  # only with category_source: from a radiologist's account or a radiology report
+    density: str | None = None
+    category_source: str | None = None
 
 
 @dataclass(frozen=True)

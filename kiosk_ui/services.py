@@ -17,19 +17,23 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
+from pathlib import Path
 
 import sqlite_utils
 
 from edge_agent.errors import AuthError, KioskError, NotFound, StoreError, TooManyAttempts
+from edge_agent.inference.activation import SHIPPED_DIR
 from edge_agent.ingest.image_store import ImageStore
 from edge_agent.ingest.service import IngestService
 from edge_agent.queue import JobQueue
 from edge_agent.settings import Settings
 from edge_agent.store import open_database, transaction
-from kiosk_ui import auth, imaging, signin, throttle, uploads
+from kiosk_ui import auth, imaging, model_info, signin, throttle, uploads
 from kiosk_ui.i18n import search_fold
 from kiosk_ui.records import (
     AUDIT_PAGE_SIZE,
+    BIRADS,
+    CATEGORY_SOURCES,
     DENSITIES,
     STATUSES,
     TRIAGES,
@@ -47,6 +51,7 @@ from kiosk_ui.records import (
     ViewResult,
     WorklistQuery,
     WorklistRow,
+    study_problems,
     study_status,
 )
 
@@ -59,7 +64,7 @@ _STATUS_SQL = """CASE
     WHEN j.state = 'leased' THEN 'analysing'
     WHEN j.state = 'dead' THEN 'failed'
     ELSE 'waiting' END"""
-_REVIEW = ("priority_radiologist_review", "radiologist_review")  # worklist ranks 0 and 1; everything else is rank 2
+_REVIEW = ("priority_radiologist_review", "radiologist_review")  # worklist ranks 1 and 2 (after incomplete studies); the rest last
 
 
 class OnlineProbe:
@@ -124,6 +129,8 @@ class KioskServices:
         self.account_rate = throttle.RatePolicy(settings.kiosk_signin_account_burst, settings.kiosk_signin_account_refill_s)
         self._identities: dict[str, Identity] = {}
         self._png = _Lru(256)
+        self._models: dict[tuple[str, str, float], model_info.ModelInfo] = {}
+        self.shipped_models = SHIPPED_DIR
 
     @classmethod
     def from_box(cls, box, **kw) -> KioskServices:
@@ -321,7 +328,8 @@ class KioskServices:
 
     # -- worklist -------------------------------------------------------------------------------
     def worklist(self, query: WorklistQuery | None = None) -> list[WorklistRow]:
-        """Priority review first, then review, then the rest; newest first within each; at most kiosk_worklist_limit rows.
+        """Incomplete studies first (someone must complete them), then priority review, then review, then the rest;
+        newest first within each; at most kiosk_worklist_limit rows.
 
         One query per rank, each walking an index in arrival order, so the page costs what it shows rather than
         what the database holds (a single ORDER BY over a computed rank sorts every study in the window).
@@ -339,14 +347,15 @@ class KioskServices:
             params.append(query.status)
         needle = search_fold(query.q.strip().replace("^", " "))
         limit = self.settings.kiosk_worklist_limit
-        ranks = [("r.triage = ?", [t]) for t in _REVIEW] + [(f"(r.triage IS NULL OR r.triage NOT IN ({','.join('?' * len(_REVIEW))}))", list(_REVIEW))]
+        rest = f"(r.triage IS NULL OR r.triage NOT IN ({','.join('?' * len(_REVIEW))})) AND (r.status IS NULL OR r.status != 'incomplete')"
+        ranks = [("r.status = 'incomplete'", [])] + [("r.triage = ? AND r.status != 'incomplete'", [t]) for t in _REVIEW] + [(rest, list(_REVIEW))]
         if query.triage in TRIAGES:
-            ranks = [("r.triage = ?", [query.triage])]
+            ranks = [("r.triage = ? AND r.status != 'incomplete'", [query.triage])]
         out: list[WorklistRow] = []
         for rank_sql, rank_params in ranks:
             if len(out) >= limit:
                 break
-            sql = (f"SELECT s.study_uid, s.pseudonym, s.first_seen, {_STATUS_SQL}, r.triage, r.study_score"
+            sql = (f"SELECT s.study_uid, s.pseudonym, s.first_seen, {_STATUS_SQL}, r.triage, r.study_score, r.reasons"
                    " FROM ingest_studies s LEFT JOIN infer_results r ON r.study_uid = s.study_uid"
                    " LEFT JOIN jobs j ON j.id = s.infer_job_id WHERE " + " AND ".join([rank_sql, *where])
                    + " ORDER BY s.first_seen DESC")
@@ -358,13 +367,18 @@ class KioskServices:
                 ident = self.identity(r[1])
                 if needle and not _matches(needle, ident, r[0], r[1]):
                     continue
-                out.append(WorklistRow(r[0], r[1], ident, r[2], r[3], r[4], r[5], 0))
+                problems = study_problems(r[3], [str(x) for x in _json(r[6], [])], self._present(r[0])) if r[3] == "incomplete" else ()
+                out.append(WorklistRow(r[0], r[1], ident, r[2], r[3], r[4], r[5], 0, problems))
                 if len(out) >= limit:
                     break
         counts = dict(self.db.execute(
             f"SELECT study_uid, count(*) FROM ingest_instances WHERE study_uid IN ({','.join('?' * len(out))}) GROUP BY study_uid",
             [row.study_uid for row in out]).fetchall()) if out else {}
         return [replace(row, image_count=counts.get(row.study_uid, 0)) for row in out]
+
+    def _present(self, study_uid: str) -> list[tuple[str, str]]:
+        return [(r[0] or "?", r[1] or "?") for r in self.db.execute(
+            "SELECT laterality, view FROM ingest_instances WHERE study_uid = ? AND modality = 'MG'", [study_uid])]
 
     # -- one study ------------------------------------------------------------------------------
     def study(self, study_uid: str) -> StudyView:
@@ -375,20 +389,59 @@ class KioskServices:
         if row is None:
             raise NotFound("error.study_unknown", f"No study {study_uid[:40]!r} on this box.")
         results = {r[0]: r[1:] for r in self.db.execute(
-            "SELECT sop_uid, p_abnormal, p_malignant, heatmap_digest FROM infer_views WHERE study_uid = ?", [study_uid])}
+            "SELECT sop_uid, p_abnormal, p_malignant, heatmap_digest, suspicion FROM infer_views WHERE study_uid = ?", [study_uid])}
         views = []
         for sop, lat, view in self.db.execute(
                 "SELECT sop_uid, laterality, view FROM ingest_instances WHERE study_uid = ? ORDER BY"
                 " CASE view WHEN 'CC' THEN 0 WHEN 'MLO' THEN 1 ELSE 2 END, CASE laterality WHEN 'R' THEN 0 ELSE 1 END, received_at",
                 [study_uid]):
             res = results.get(sop)
-            views.append(ViewResult(sop, lat, view, res[0] if res else None, res[1] if res else None, bool(res and res[2])))
+            views.append(ViewResult(sop, lat, view, res[0] if res else None, res[1] if res else None, bool(res and res[2]),
+                                    res[3] if res else None))
+        status = study_status(row[3], row[4], row[5])
+        reasons = tuple(str(x) for x in _json(row[9], []))
+        present = [(v.laterality or "?", v.view or "?") for v in views]
         return StudyView(
             study_uid=row[0], pseudonym=row[1], identity=self.identity(row[1]), arrived_at=row[2],
-            status=study_status(row[3], row[4], row[5]), triage=row[6], study_score=row[7],
-            breast_scores={side: float(b["suspicion"]) for side, b in _json(row[8], {}).items()}, reasons=tuple(str(x) for x in _json(row[9], [])),
+            status=status, triage=row[6], study_score=row[7],
+            breast_scores={side: float(b["suspicion"]) for side, b in _json(row[8], {}).items()}, reasons=reasons,
             model_version=row[10], profile=row[11], views=tuple(views), feedback=tuple(self.feedback_of(study_uid)),
+            problems=study_problems(status, reasons, present),
         )
+
+    def model_info(self, version: str | None, lang: str = "tr") -> model_info.ModelInfo:
+        """Thresholds and measured performance of the release that produced a result (by its version).
+
+        Looked up where the box keeps releases: the folders it activated, then the shipped and installed ones. A
+        version found nowhere (a result written by a release since removed, or the synthetic demo) gets a ModelInfo
+        with nothing known, which the pages show as "no performance measurement" and without heatmaps.
+        """
+        if not version:
+            return model_info.ModelInfo(None)
+        for folder in self._release_folders(version):
+            path = folder / "model.json"
+            try:
+                mtime = path.stat().st_mtime
+            except OSError:
+                continue
+            key = (str(path), lang, mtime)
+            if key not in self._models:
+                try:
+                    info = json.loads(path.read_text(encoding="utf-8"))
+                except (OSError, ValueError):
+                    log.warning("model.json of release %s is unreadable; the kiosk shows no performance for it", version)
+                    continue
+                if str(info.get("version", folder.name)) != version:
+                    continue
+                self._models[key] = model_info.parse(version, info, lang)
+            return self._models[key]
+        return model_info.ModelInfo(version)
+
+    def _release_folders(self, version: str) -> list[Path]:
+        activated = [Path(r[0]) for r in self.db.execute(
+            "SELECT path FROM model_activations WHERE version = ? ORDER BY id DESC", [version]).fetchall()] if self.db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'model_activations'").fetchone() else []
+        return [*activated, self.settings.models_dir / version, self.shipped_models / version]
 
     def study_state(self, study_uid: str) -> str:
         """Just the status word, for the page that waits for a result."""
@@ -404,15 +457,18 @@ class KioskServices:
         return self._png.get(("v", digest, max_side), lambda: imaging.view_png(self.images.get(digest), max_side))
 
     def heatmap_png(self, study_uid: str, sop_uid: str, max_side: int = 768) -> bytes:
+        """The view's heatmap as an overlay, whatever its score (the pages decide whether to draw it: model_info)."""
         self._instance_digest(study_uid, sop_uid)
         row = self.db.execute("SELECT heatmap_digest FROM infer_views WHERE study_uid = ? AND sop_uid = ?", [study_uid, sop_uid]).fetchone()
         if row is None:
             raise NotFound("error.heatmap_unknown", "No heatmap for this view (not analysed yet).")
         return self._png.get(("h", row[0], max_side), lambda: imaging.heatmap_overlay_png(self.images.get(row[0]), max_side))
 
-    def composite_png(self, study_uid: str, sop_uid: str, max_side: int = 512) -> bytes:
-        """The view with its heatmap laid over (for the referral)."""
+    def composite_png(self, study_uid: str, sop_uid: str, max_side: int = 512, *, heatmap: bool = True) -> bytes:
+        """The view with its heatmap laid over when ``heatmap`` (for the referral)."""
         base = self.view_png(study_uid, sop_uid, max_side)
+        if not heatmap:
+            return base
         try:
             heat = self.heatmap_png(study_uid, sop_uid, max_side)
         except NotFound:
@@ -427,23 +483,31 @@ class KioskServices:
 
     # -- feedback -------------------------------------------------------------------------------
     def feedback_of(self, study_uid: str) -> Iterable[FeedbackEntry]:
-        for r in self.db.execute("SELECT username, role, agrees, birads, density, notes, created_at FROM kiosk_feedback"
-                                 " WHERE study_uid = ? ORDER BY id", [study_uid]):
-            yield FeedbackEntry(r[0], r[1], bool(r[2]), r[3], r[4], r[5], r[6])
+        for r in self.db.execute("SELECT f.username, f.role, f.agrees, f.birads, f.density, f.notes, f.created_at, f.category_source,"
+                                 " coalesce(u.full_name, f.username) FROM kiosk_feedback f LEFT JOIN kiosk_users u ON u.username = f.username"
+                                 " WHERE f.study_uid = ? ORDER BY f.id", [study_uid]):
+            yield FeedbackEntry(r[0], r[1], bool(r[2]), r[3], r[4], r[5], r[6], r[7], r[8])
 
     def record_feedback(self, user: User, study_uid: str, fb: FeedbackInput) -> None:
-        if fb.birads not in range(7) or fb.density not in DENSITIES or len(fb.notes) > 2000:
-            raise KioskError("error.feedback_invalid", "BI-RADS 0-6, density A-D, notes up to 2000 characters.")
+        """The doctor's agreement and notes; BI-RADS and density only from a radiologist or from a radiology report."""
+        has_categories = fb.birads is not None or fb.density is not None
+        if len(fb.notes) > 2000 or (has_categories and (fb.birads not in BIRADS or fb.density not in DENSITIES)):
+            raise KioskError("error.feedback_invalid", "BI-RADS 0-6 and density A-D together, notes up to 2000 characters.")
+        if has_categories != (fb.category_source is not None) or fb.category_source not in (None, *CATEGORY_SOURCES[:2]):
+            raise KioskError("error.categories_source", "BI-RADS and density need their source: a radiologist's account or a radiology report.")
+        if fb.category_source == "radiologist" and user.role != "radiologist":
+            raise KioskError("error.categories_source", f"role {user.role} entered categories as a radiologist")
         with transaction(self.db) as db:
             res = db.execute("SELECT s.study_uid, r.model_version, r.triage FROM ingest_studies s LEFT JOIN infer_results r"
                              " ON r.study_uid = s.study_uid WHERE s.study_uid = ?", [study_uid]).fetchone()
             if res is None:
                 raise NotFound("error.study_unknown", "No such study.")
-            db.execute("INSERT INTO kiosk_feedback (study_uid, username, role, agrees, birads, density, notes, model_version, triage, created_at)"
-                       " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                       [study_uid, user.username, user.role, int(fb.agrees), fb.birads, fb.density, fb.notes, res[1], res[2], self.clock()])
-            self._audit(db, user.username, "feedback", study_uid,
-                        f"{'confirmed' if fb.agrees else 'corrected'} BI-RADS {fb.birads} density {fb.density}")
+            db.execute("INSERT INTO kiosk_feedback (study_uid, username, role, agrees, birads, density, category_source, notes, model_version,"
+                       " triage, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                       [study_uid, user.username, user.role, int(fb.agrees), fb.birads, fb.density, fb.category_source, fb.notes, res[1],
+                        res[2], self.clock()])
+            categories = f" BI-RADS {fb.birads} density {fb.density} ({fb.category_source})" if has_categories else ""
+            self._audit(db, user.username, "feedback", study_uid, f"{'agrees' if fb.agrees else 'disagrees'}{categories}")
 
     # -- upload ---------------------------------------------------------------------------------
     def upload(self, user: User, files: Sequence[tuple[str, bytes]]) -> list[UploadOutcome]:

@@ -82,3 +82,19 @@ def catalog(lang: str) -> Catalog:
 
 def pick_language(requested: str | None, default: str) -> str:
     return requested if requested in LANGUAGES else (default if default in LANGUAGES else DEFAULT_LANGUAGE)
+
+
+def decimal(x: float | None, lang: str, digits: int = 2) -> str:
+    """A number as the reader writes it: '0,43' in Turkish, '0.43' in English; '—' for none."""
+    if x is None:
+        return "—"
+    text = f"{x:.{digits}f}"
+    if text.startswith("-") and float(text) == 0:
+        text = text[1:]
+    return text.replace(".", ",") if lang == "tr" else text
+
+
+def percent(x: float, lang: str) -> str:
+    """A fraction as a whole percentage: '%86' in Turkish (the sign comes first), '86%' in English."""
+    n = round(100 * x)
+    return f"%{n}" if lang == "tr" else f"{n}%"

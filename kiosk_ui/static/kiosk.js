@@ -13,6 +13,14 @@
     });
   }
 
+  // "Clear" beside optional choices: a radio cannot be unticked by tapping it again.
+  Array.prototype.forEach.call(document.querySelectorAll("[data-clear]"), function (button) {
+    button.addEventListener("click", function () {
+      var box = document.getElementById(button.dataset.clear);
+      Array.prototype.forEach.call(box ? box.querySelectorAll("input") : [], function (i) { i.checked = false; });
+    });
+  });
+
   // A study still being received or analysed: poll its state and reload when it changes.
   var study = document.getElementById("study");
   if (study && study.dataset.pending === "yes") {

@@ -61,6 +61,7 @@ def make_kiosk(home: Path, *, passwords: Passwords = FAST_PASSWORDS, **overrides
     clock = Clock()
     services = KioskServices.from_box(box, clock=clock, passwords=passwords)
     k = Kiosk(settings, box, services, clock)
+    synthetic.write_release_info(settings.models_dir)  # thresholds for the synthetic results (heatmaps at/above 0.3)
     # Ayşe ÇELİK: four views, a priority result. Gülşen ŞAHİN: four views, no suspicious finding.
     # İpek ÖZTÜRK: two views only, still receiving (no result yet).
     k.studies["priority"] = synthetic.ingest_study(services.ingest, seed=0)
@@ -111,3 +112,20 @@ def doctor(client: TestClient):
 def message_of(html: str) -> str:
     m = re.search(r'id="(?:error|login)-message">([^<]+)<', html)
     return m.group(1) if m else ""
+
+
+def run_real_model(k: Kiosk, *, views: int = 4, seed: int = 7) -> str:
+    """Ingest a study of ``views`` views, close it, and triage it with the shipped release through the real inference worker."""
+    from edge_agent.inference.activation import ModelRegistry
+    from edge_agent.inference.worker import InferenceHandler
+    from edge_agent.worker import Worker
+    from models.runtime import Screener
+
+    study = synthetic.ingest_study(k.services.ingest, seed=seed, views=views)
+    k.services.ingest.sweep(now=time.time() + k.settings.ingest_study_complete_timeout_s + 60)  # a partial study closes by timeout
+    registry = ModelRegistry(k.box.db, k.settings)
+    registry.ensure_active()
+    handler = InferenceHandler(k.box.queue, k.services.ingest.store, registry,
+                               lambda rel: Screener(rel, backend="onnx-int8", threads=1), profile="cpu-small")
+    Worker(k.box.queue, "infer", handler).run(drain=True)
+    return study

@@ -164,7 +164,7 @@ def test_study_page_shows_views_scores_explanation_and_model(doctor: TestClient,
     assert "Ayşe ÇELİK" in html and "12.04.1968" in html
     assert html.count('class="base"') == 4 and html.count('class="overlay"') == 4
     assert "Yapay zekâ belirgin şüpheli bir alan buldu." in html and "Ne yapmalı:" in html
-    assert "synthetic-demo" in html and "0.91" in html
+    assert "synthetic-demo" in html and "0,91" in html  # Turkish decimals
     assert kiosk.audit("view_study") == [("doktor", uid, "")]
 
 
@@ -200,32 +200,35 @@ def test_pending_study_opens_at_once_and_its_state_follows_the_result(doctor: Te
 
     synthetic.write_result(kiosk.services.ingest, uid, triage=None, score=None, status="incomplete")
     assert doctor.get(f"/studies/{uid}/state.json").json() == {"status": "incomplete"}
-    assert "Çekimdeki görüntülerin bir kısmı eksik" in doctor.get(f"/studies/{uid}").text
+    html = doctor.get(f"/studies/{uid}").text
+    assert "Sağ MLO eksik, çekimi tamamlayın." in html and "Sol MLO eksik, çekimi tamamlayın." in html
 
 
 # -- feedback --------------------------------------------------------------------------------------
 def test_feedback_is_stored_as_a_labelled_example_and_audited(doctor: TestClient, kiosk: Kiosk):
     uid = kiosk.studies["priority"]
     token = csrf_of(doctor.get(f"/studies/{uid}").text)
-    r = doctor.post(f"/studies/{uid}/feedback", data={"_csrf": token, "agrees": "no", "birads": "4", "density": "C", "notes": "Sağ üst dış kadranda kitle"})
+    r = doctor.post(f"/studies/{uid}/feedback", data={"_csrf": token, "agrees": "no", "notes": "Sağ üst dış kadranda kitle"})
     assert "Değerlendirmeniz kaydedildi." in r.text and "Sağ üst dış kadranda kitle" in r.text
-    row = kiosk.box.db.execute("SELECT username, role, agrees, birads, density, notes, model_version, triage FROM kiosk_feedback").fetchone()
-    assert row == ("doktor", "doctor", 0, 4, "C", "Sağ üst dış kadranda kitle", "synthetic-demo", "priority_radiologist_review")
-    assert kiosk.audit("feedback") == [("doktor", uid, "corrected BI-RADS 4 density C")]
+    row = kiosk.box.db.execute("SELECT username, role, agrees, birads, density, category_source, notes, model_version, triage"
+                               " FROM kiosk_feedback").fetchone()
+    assert row == ("doktor", "doctor", 0, None, None, None, "Sağ üst dış kadranda kitle", "synthetic-demo", "priority_radiologist_review")
+    assert kiosk.audit("feedback") == [("doktor", uid, "disagrees")]
 
 
-@pytest.mark.parametrize("birads,density", [("7", "B"), ("x", "B"), ("2", "E"), ("", "")])
-def test_invalid_feedback_is_refused_in_turkish(doctor: TestClient, kiosk: Kiosk, birads, density):
+@pytest.mark.parametrize("agrees,birads,density", [("yes", "7", "B"), ("yes", "x", "B"), ("yes", "2", "E"), ("yes", "2", ""), ("", "", ""),
+                                                   ("maybe", "", "")])
+def test_invalid_feedback_is_refused_in_turkish(doctor: TestClient, kiosk: Kiosk, agrees, birads, density):
     uid = kiosk.studies["priority"]
     token = csrf_of(doctor.get(f"/studies/{uid}").text)
-    r = doctor.post(f"/studies/{uid}/feedback", data={"_csrf": token, "agrees": "yes", "birads": birads, "density": density})
+    r = doctor.post(f"/studies/{uid}/feedback", data={"_csrf": token, "agrees": agrees, "birads": birads, "density": density, "from_report": "yes"})
     assert r.status_code == 400 and "Hiçbir şey kaydedilmedi" in message_of(r.text)
     assert kiosk.count("kiosk_feedback") == 0
 
 
 def test_feedback_on_an_unknown_study_stores_nothing(doctor: TestClient, kiosk: Kiosk):
     token = csrf_of(doctor.get("/worklist").text)
-    r = doctor.post("/studies/1.2.3/feedback", data={"_csrf": token, "agrees": "yes", "birads": "1", "density": "A"})
+    r = doctor.post("/studies/1.2.3/feedback", data={"_csrf": token, "agrees": "yes"})
     assert r.status_code == 404 and kiosk.count("kiosk_feedback") == 0
 
 
