@@ -149,3 +149,19 @@ def test_rederiving_a_release_keeps_it_loadable_and_refuses_a_signed_one(tmp_pat
     (copy / "manifest.sig").write_text("c2lnbmF0dXJl\n")
     with pytest.raises(ReleaseError, match="coordinator sign it again"):
         rederive(copy)
+
+
+def test_woman_figures_count_women_and_resample_them():
+    from models.operating_points import summarize_women
+
+    y = [1, 1, 1, 1, 0, 0, 0, 0]
+    s = [0.9, 0.8, 0.4, 0.1, 0.5, 0.3, 0.2, 0.0]
+    levels = [PRIORITY, REVIEW, REVIEW, NO_SUSPICIOUS, REVIEW, NO_SUSPICIOUS, NO_SUSPICIOUS, NO_SUSPICIOUS]
+    m = summarize_women(y, s, levels, [f"w{i}" for i in range(8)], n_boot=300)
+    assert (m["n"], m["n_abnormal"]) == (8, 4)
+    assert m["sensitivity_review"] == 0.75 and m["specificity_review"] == 0.75
+    assert m["sensitivity_priority"] == 0.25 and m["specificity_priority"] == 1.0
+    assert m["triage_counts"] == {NO_SUSPICIOUS: 4, REVIEW: 3, PRIORITY: 1}
+    assert m["auc"] == pytest.approx(12 / 16)
+    lo, hi = m["sensitivity_review_ci95"]
+    assert 0 <= lo < 0.75 < hi <= 1

@@ -61,3 +61,16 @@ def test_model_card_reports_cv_with_cis_and_intended_use(release_dir):
         assert needle in card, needle
     info = json.loads((release_dir / "model.json").read_text())
     assert info["cv_metrics"]["n_women"] == 129
+
+
+def test_a_rewritten_manifest_never_lists_its_own_signature(release_dir, tmp_path):
+    """manifest.sig signs manifest.json, so listing it inside would make every signed release fail its own manifest."""
+    from models.release_files import write_manifest
+
+    copy = tmp_path / "rel"
+    shutil.copytree(release_dir, copy)
+    (copy / "manifest.sig").write_text("c2lnbmF0dXJl\n")
+    write_manifest(copy, "9.9.9")
+    manifest = json.loads((copy / "manifest.json").read_text())
+    assert "manifest.sig" not in manifest["files"] and "model.json" in manifest["files"]
+    verify_manifest(copy)
