@@ -19,9 +19,16 @@ from models.runtime import BACKENDS, Screener, is_available, stack_input
 __all__ = ["bench_infer", "bench_images"]
 
 
-def bench_images(n: int, folder: str | Path | None = None) -> tuple[np.ndarray, str, list[float]]:
+def bench_images(n: int, folder: str | Path | None = None,
+                 size: int | None = None) -> tuple[np.ndarray, str, list[float]]:
     """(n, S, S) preprocessed images (real ones when available, else synthetic),
-    their source, and the preprocessing time of each in ms."""
+    their source, and the preprocessing time of each in ms.
+
+    ``size`` defaults to the input size of the default (newest) release, so a
+    caller that benchmarks that release gets images its model takes.
+    """
+    if size is None:
+        size = load_release().input_size
     from models.data import load_pixels, read_folder, shared_data_dir
     from models.preprocess import preprocess
     from models.synthetic import generate
@@ -36,7 +43,7 @@ def bench_images(n: int, folder: str | Path | None = None) -> tuple[np.ndarray, 
     imgs, ms = [], []
     for raw in raws:
         t0 = time.perf_counter()
-        imgs.append(preprocess(raw).image)
+        imgs.append(preprocess(raw, size).image)
         ms.append((time.perf_counter() - t0) * 1000)
     return np.stack(imgs), source, ms
 
@@ -51,12 +58,12 @@ def bench_infer(release: Path, images: str | None = None, n_images: int = 30, th
                 checkpoint: str | None = None, warmup: int = 3) -> dict:
     import torch
 
-    from models.network import ScreeningNet
+    from models.network import model_from_state_dict
 
     rel = load_release(release)
-    x, source, pre_ms = bench_images(n_images, images)
+    x, source, pre_ms = bench_images(n_images, images, rel.input_size)
     torch.set_num_threads(threads)
-    model = ScreeningNet.from_state_dict(torch.load(checkpoint or rel.file("model_fp32.pt"), map_location="cpu"))
+    model = model_from_state_dict(torch.load(checkpoint or rel.file("model_fp32.pt"), map_location="cpu"))
 
     def torch_run(img, n=threads):
         torch.set_num_threads(n)

@@ -21,7 +21,7 @@ from models.evaluation import pointing_hit, roc_auc, summarize
 from models.release_files import CONTRALATERAL_BETA, suspicion
 from models.training import Arrays, TrainConfig, predict, save_json, train
 
-__all__ = ["run_fold", "collect", "peak_hits", "add_contralateral"]
+__all__ = ["run_fold", "collect", "peak_hits", "add_contralateral", "woman_scores", "compare_rows", "main"]
 
 
 def peak_hits(maps: np.ndarray, arrays: Arrays, idx: np.ndarray) -> list[bool | None]:
@@ -41,14 +41,14 @@ def peak_hits(maps: np.ndarray, arrays: Arrays, idx: np.ndarray) -> list[bool | 
 
 
 def run_fold(records: list[Record], arrays: Arrays, fold: int, k: int, cfg: TrainConfig, out: Path,
-             progress: bool = True, split_seed: int = 0, init_state: dict | None = None) -> Path:
+             progress: bool = True, split_seed: int = 0, init_state: dict | None = None, log=None) -> Path:
     """Train on the other folds, predict this one, write ``fold<k>.json``."""
     folds = np.asarray(woman_folds(records, k=k, seed=split_seed))
     tr, te = np.nonzero(folds != fold)[0], np.nonzero(folds == fold)[0]
     assert not set(records[i].woman for i in tr) & set(records[i].woman for i in te)
     out.mkdir(parents=True, exist_ok=True)
     model = train(arrays, tr, cfg, checkpoint=out / f"fold{fold}.ckpt", progress=progress,
-                  init_state=init_state)
+                  init_state=init_state, log=log)
     probs, maps = predict(model, arrays.inputs(te, cfg.pair))
     hits = peak_hits(maps, arrays, te)
     rows = [
@@ -105,3 +105,137 @@ def collect(out: Path, k: int = 5, n_boot: int = 2000, beta: float = CONTRALATER
     save_json(out / "cv_metrics.json", metrics)
     save_json(out / "cv_predictions.json", rows)
     return metrics
+
+
+def woman_scores(rows: list[dict]) -> tuple[list[str], list[int], list[float]]:
+    """One score per woman, as the box decides: her most suspicious image.
+
+    The box's study score is the maximum over breasts of each breast's most
+    suspicious view (``edge_agent.inference.triage.aggregate``); mini-MIAS has
+    one view (MLO) per breast, so it is the maximum of her images'
+    ``suspicion``. A woman is abnormal if any of her images is.
+    """
+    by: dict[str, list[dict]] = {}
+    for r in rows:
+        by.setdefault(r["woman"], []).append(r)
+    women = sorted(by)
+    return (women, [int(any(r["abnormal"] for r in by[w])) for w in women],
+            [max(r["suspicion"] for r in by[w]) for w in women])
+
+
+def compare_rows(rows: list[dict], beta: float = CONTRALATERAL_BETA, n_boot: int = 2000) -> dict:
+    """Image-level (this breast alone, and suspicion) and woman-level AUC with 95% CIs by woman."""
+    from models.evaluation import bootstrap_ci
+
+    rows = add_contralateral(rows, beta)
+
+    def auc(y, s, groups):
+        lo, hi = bootstrap_ci(roc_auc, y, s, groups, n_boot=n_boot)
+        return {"value": roc_auc(y, s), "ci95": [lo, hi]}
+
+    y = [r["abnormal"] for r in rows]
+    g = [r["woman"] for r in rows]
+    women, wy, ws = woman_scores(rows)
+    return {"n_images": len(rows), "n_women": len(women),
+            "image_auc_single": auc(y, [r["p_abnormal"] for r in rows], g),
+            "image_auc_suspicion": auc(y, [r["suspicion"] for r in rows], g),
+            "woman_auc": auc(wy, ws, women)}
+
+
+def _cv_rows(out: Path, folds) -> list[dict]:
+    rows: list[dict] = []
+    for f in folds:
+        path = out / f"fold{f}.json"
+        if path.exists():
+            rows += json.loads(path.read_text())["rows"]
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run (or resume) a woman-level CV in the background, with a progress log.
+
+        python -m models.crossval --out runs/cv-lite-s0 --arch lite0 --size 256 \
+            --crop 160 --epochs 30 --lr 1e-3 --synthetic-pretrain 200 --pretrain-epochs 5 --seed 0
+
+    Each fold is skipped when its ``fold<k>.json`` exists and resumed from its
+    checkpoint otherwise; the synthetic pretraining is saved once
+    (``pretrain.pt``). ``progress.log`` gets a line per epoch.
+    """
+    import argparse
+    import time
+
+    from models.data import read_folder, shared_data_dir
+    from models.training import build_arrays, pretrain_state
+
+    ap = argparse.ArgumentParser(prog="python -m models.crossval")
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--data", type=Path, default=shared_data_dir() / "mias")
+    ap.add_argument("--arch", default="mobile")
+    ap.add_argument("--size", type=int, default=TrainConfig.input_size)
+    ap.add_argument("--crop", type=int, default=TrainConfig.crop)
+    ap.add_argument("--epochs", type=int, default=TrainConfig.epochs)
+    ap.add_argument("--lr", type=float, default=TrainConfig.lr)
+    ap.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
+    ap.add_argument("--pos-weight", type=float, default=TrainConfig.pos_weight)
+    ap.add_argument("--synthetic-pretrain", type=int, default=0)
+    ap.add_argument("--pretrain-epochs", type=int, default=TrainConfig.pretrain_epochs)
+    ap.add_argument("--pair", action="store_true")
+    ap.add_argument("--freeze-blocks", type=int, default=0, help="lite0: keep stem + N blocks at ImageNet weights")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--k", type=int, default=5)
+    ap.add_argument("--folds", default=None, help="comma-separated folds (default all)")
+    ap.add_argument("--final", action="store_true", help="train on every woman instead (writes final.pt)")
+    a = ap.parse_args(argv)
+    cfg = TrainConfig(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, crop=a.crop, pos_weight=a.pos_weight,
+                      seed=a.seed, threads=1, pair=a.pair, synthetic_pretrain=a.synthetic_pretrain,
+                      pretrain_epochs=a.pretrain_epochs, arch=a.arch, input_size=a.size,
+                      freeze_blocks=a.freeze_blocks)
+    out = a.out
+    out.mkdir(parents=True, exist_ok=True)
+    logf = (out / "progress.log").open("a", buffering=1)
+    t0 = time.time()
+
+    def say(msg: str) -> None:
+        logf.write(f"{time.strftime('%H:%M:%S')} +{time.time() - t0:6.0f}s {msg}\n")
+
+    torch.set_num_threads(1)
+    records = read_folder(a.data)
+    arrays = build_arrays(records, cfg.input_size)
+    say(f"start {asdict(cfg)}")
+    init = None
+    if cfg.synthetic_pretrain:
+        pre = out / "pretrain.pt"
+        if pre.exists():
+            init = torch.load(pre, weights_only=True)
+        else:
+            init = pretrain_state(cfg, progress=False)
+            torch.save(init, pre)
+        say("pretrain done")
+    if a.final:
+        from models.training import train
+
+        model = train(arrays, np.arange(len(records)), cfg, checkpoint=out / "final.ckpt", progress=False,
+                      init_state=init, log=lambda e, loss: say(f"final epoch {e} loss {loss:.4f}"))
+        torch.save(model.state_dict(), out / "final.pt")
+        say("final done")
+        return 0
+    folds = range(a.k) if a.folds is None else [int(f) for f in a.folds.split(",")]
+    for f in folds:
+        if (out / f"fold{f}.json").exists():
+            continue
+        run_fold(records, arrays, f, a.k, cfg, out, progress=False, init_state=init,
+                 log=lambda e, loss, f=f: say(f"fold {f} epoch {e} loss {loss:.4f}"))
+        rows = _cv_rows(out, [f])
+        say(f"fold {f} done: {json.dumps(compare_rows(rows, n_boot=200))}")
+    done = [f for f in range(a.k) if (out / f"fold{f}.json").exists()]
+    if len(done) == a.k:
+        collect(out, a.k)
+        save_json(out / "compare.json", compare_rows(_cv_rows(out, done)))
+    say(f"folds done {done}: {json.dumps(compare_rows(_cv_rows(out, done), n_boot=200))}")
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

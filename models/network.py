@@ -21,6 +21,11 @@ Why this shape:
 
 Input: (N, 1, S, S) float in [0, 1] from :func:`models.preprocess.preprocess`.
 Outputs: ``score`` (N, 2) logits and ``lesion_map`` (N, 2, S/8, S/8) logits.
+
+Model 0.2 uses :class:`models.lite.LiteNet` (ImageNet EfficientNet-Lite0 with
+the same head and outputs); :func:`new_model` and
+:func:`model_from_state_dict` pick either, so training, export, the
+benchmark and the PyTorch runtime need not know which one a release holds.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["ScreeningNet", "OUTPUT_NAMES", "MAP_STRIDE"]
+__all__ = ["ScreeningNet", "OUTPUT_NAMES", "MAP_STRIDE", "ARCHS", "new_model", "model_from_state_dict"]
 
 OUTPUT_NAMES = ("score", "lesion_map")
 MAP_STRIDE = 8
@@ -110,3 +115,26 @@ class ScreeningNet(nn.Module):
         lesion_map = self.head(self.features(x))
         score = torch.amax(lesion_map, dim=(2, 3))
         return score, lesion_map
+
+
+ARCHS = ("mobile", "lite0")
+
+
+def new_model(arch: str = "mobile", in_ch: int = 1) -> nn.Module:
+    """A fresh network: ``mobile`` from scratch, ``lite0`` with ImageNet weights."""
+    if arch == "mobile":
+        return ScreeningNet(in_ch=in_ch)
+    if arch == "lite0":
+        from models.lite import LiteNet
+
+        return LiteNet.imagenet(in_ch=in_ch)
+    raise ValueError(f"unknown architecture {arch!r}; choose one of {ARCHS}")
+
+
+def model_from_state_dict(state: dict) -> nn.Module:
+    """Rebuild whichever network saved ``state`` (told apart by its key names), in eval mode."""
+    if "stem.conv.weight" in state:
+        from models.lite import LiteNet
+
+        return LiteNet.from_state_dict(state)
+    return ScreeningNet.from_state_dict(state)

@@ -157,13 +157,11 @@ class _Torch:
     def __init__(self, path: Path, threads: int, release: Release):
         import torch
 
-        from models.network import ScreeningNet
+        from models.network import model_from_state_dict
 
         torch.set_num_threads(threads)
-        self.channels = int(release.info.get("input", {}).get("shape", [1, 1])[1])
-        self.model = ScreeningNet(in_ch=self.channels)
-        self.model.load_state_dict(torch.load(path, map_location="cpu"))
-        self.model.eval()
+        self.model = model_from_state_dict(torch.load(path, map_location="cpu"))
+        self.channels = int(self.model.in_ch)
         self._torch = torch
 
     def __call__(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from models.data import Record, load_pixels
-from models.network import MAP_STRIDE, ScreeningNet
+from models.network import MAP_STRIDE, new_model
 from models.preprocess import INPUT_SIZE, preprocess, to_model_coords
 
 __all__ = ["TrainConfig", "Arrays", "build_arrays", "train", "predict", "draw_targets"]
@@ -49,6 +49,9 @@ class TrainConfig:
     pair: bool = False  # second input channel: the same woman's other breast
     synthetic_pretrain: int = 0  # synthetic mammograms to pretrain on first (0 = none)
     pretrain_epochs: int = 20
+    arch: str = "mobile"  # "mobile" (ScreeningNet, from scratch) or "lite0" (ImageNet EfficientNet-Lite0)
+    input_size: int = INPUT_SIZE  # side of the preprocessed image (build_arrays must use the same)
+    freeze_blocks: int = 0  # lite0: stem + this many leading blocks kept at ImageNet weights (0 = none)
 
 
 @dataclass
@@ -214,7 +217,7 @@ def pretrain_state(cfg: TrainConfig, progress: bool = False) -> dict | None:
     """
     if cfg.synthetic_pretrain <= 0:
         return None
-    arrays = synthetic_arrays(cfg.synthetic_pretrain, seed=cfg.seed)
+    arrays = synthetic_arrays(cfg.synthetic_pretrain, size=cfg.input_size, seed=cfg.seed)
     pre = TrainConfig(**{**asdict(cfg), "epochs": cfg.pretrain_epochs, "synthetic_pretrain": 0, "pair": False})
     model = train(arrays, np.arange(len(arrays.images)), pre, progress=progress)
     return model.state_dict()
@@ -232,20 +235,25 @@ def _save(path: Path, model, opt, sched, epoch: int, cfg: TrainConfig) -> None:
 
 def train(arrays: Arrays, index: np.ndarray, cfg: TrainConfig, checkpoint: Path | None = None,
           progress: bool = True, init_state: dict | None = None,
-          stop_after_epoch: int | None = None) -> ScreeningNet:
+          stop_after_epoch: int | None = None, log=None) -> torch.nn.Module:
     """Train on ``arrays[index]``; resume from ``checkpoint`` if it exists.
 
     ``stop_after_epoch`` ends this call early (as a crash would) after that
-    epoch's checkpoint is written; calling again resumes.
+    epoch's checkpoint is written; calling again resumes. ``log(epoch,
+    mean_loss)`` is called after each epoch (a progress file for runs in the
+    background, where a progress bar is unreadable).
     """
     from tqdm import tqdm
 
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    model = ScreeningNet(in_ch=2 if cfg.pair else 1)
+    model = new_model(cfg.arch, in_ch=2 if cfg.pair else 1)
     if init_state is not None:
         model.load_state_dict(init_state)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.freeze_blocks:
+        model.freeze(cfg.freeze_blocks)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
+                            weight_decay=cfg.weight_decay)
     steps_per_epoch = max(1, math.ceil(len(index) / cfg.batch_size))
     sched = torch.optim.lr_scheduler.OneCycleLR(
         opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch, pct_start=0.15
@@ -292,6 +300,8 @@ def train(arrays: Arrays, index: np.ndarray, cfg: TrainConfig, checkpoint: Path 
             sched.step()
             total += loss.detach().item()
         bar.set_postfix(loss=f"{total / steps_per_epoch:.3f}")
+        if log is not None:
+            log(epoch, total / steps_per_epoch)
         if checkpoint is not None:
             _save(checkpoint, model, opt, sched, epoch, cfg)
         if stop_after_epoch is not None and epoch >= stop_after_epoch:
@@ -301,7 +311,7 @@ def train(arrays: Arrays, index: np.ndarray, cfg: TrainConfig, checkpoint: Path 
 
 
 @torch.no_grad()
-def predict(model: ScreeningNet, inputs: np.ndarray, batch: int = 16) -> tuple[np.ndarray, np.ndarray]:
+def predict(model: torch.nn.Module, inputs: np.ndarray, batch: int = 16) -> tuple[np.ndarray, np.ndarray]:
     """Probabilities (N, 2) and lesion-map logits (N, 2, s, s) on whole images.
 
     ``inputs`` is (N, C, S, S) (see :meth:`Arrays.inputs`) or (N, S, S).

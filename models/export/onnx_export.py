@@ -1,4 +1,5 @@
-"""fp32 ONNX export of :class:`models.network.ScreeningNet`.
+"""fp32 ONNX export of the screening network (:class:`models.network.ScreeningNet`
+or :class:`models.lite.LiteNet`: same input and outputs).
 
 The legacy TorchScript exporter (``dynamo=False``) is used on purpose: it needs
 only ``onnx`` (the dynamo exporter needs ``onnxscript``) and writes a single
@@ -13,8 +14,9 @@ import warnings
 from pathlib import Path
 
 import torch
+from torch import nn
 
-from models.network import OUTPUT_NAMES, ScreeningNet
+from models.network import OUTPUT_NAMES
 from models.preprocess import INPUT_SIZE
 
 __all__ = ["export_onnx", "INPUT_NAME"]
@@ -22,7 +24,7 @@ __all__ = ["export_onnx", "INPUT_NAME"]
 INPUT_NAME = "image"
 
 
-def export_onnx(model: ScreeningNet, out: Path, size: int = INPUT_SIZE, opset: int = 17) -> Path:
+def export_onnx(model: nn.Module, out: Path, size: int = INPUT_SIZE, opset: int = 17) -> Path:
     """Write ``out`` (fp32, input ``image`` (1,C,S,S), outputs score, lesion_map)."""
     model = model.eval()
     dummy = torch.zeros(1, model.in_ch, size, size)

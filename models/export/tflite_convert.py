@@ -27,10 +27,10 @@ def convert(weights: str, calib: str, out: str) -> None:
     from litert_torch.quantize.quant_config import QuantConfig
     from torchao.quantization.pt2e import quantize_pt2e
 
-    from models.network import ScreeningNet
+    from models.network import model_from_state_dict
 
     torch.set_num_threads(1)
-    model = ScreeningNet.from_state_dict(torch.load(weights, map_location="cpu"))
+    model = model_from_state_dict(torch.load(weights, map_location="cpu"))
     data = np.load(calib).astype(np.float32)
     sample = (torch.from_numpy(data[:1]),)
     quantizer = pt2e_quantizer.PT2EQuantizer().set_global(

@@ -93,3 +93,24 @@ def test_synthetic_pretraining_data_is_labelled_and_targeted():
     np.testing.assert_array_equal(has_target, a.labels[:, 0] == 1)
     # malignant channel only where the synthetic finding is malignant
     assert not a.targets[a.labels[:, 1] == 0, 1].any()
+
+
+def test_lite0_recipe_starts_from_imagenet_and_learns(tiny_arrays):
+    """Model 0.2's recipe trains, from the ImageNet weights rather than a random start."""
+    from models.lite import LiteNet
+
+    cfg = TrainConfig(**{**CFG.__dict__, "arch": "lite0", "input_size": SIZE, "epochs": 3, "lr": 1e-3})
+    start = LiteNet.imagenet()
+    idx = np.arange(len(tiny_arrays.images))
+    losses: list[float] = []
+    model = train(tiny_arrays, idx, cfg, progress=False, log=lambda epoch, loss: losses.append(loss))
+    assert isinstance(model, LiteNet) and len(losses) == 3
+    assert np.isfinite(losses).all()
+    # fine-tuned from the ImageNet weights, not from a random start
+    w0, w1 = start.state_dict()["blocks.5.project.conv.weight"], model.state_dict()["blocks.5.project.conv.weight"]
+    assert float((w1 - w0).abs().mean()) < 0.1 * float(w0.abs().mean())
+    torch.manual_seed(0)
+    fresh = LiteNet().state_dict()["blocks.5.project.conv.weight"]
+    assert float((fresh - w0).abs().mean()) > 0.5 * float(w0.abs().mean())
+    _, lmap = model(torch.from_numpy(tiny_arrays.images[:1])[:, None])
+    assert lmap.shape == (1, 2, SIZE // 8, SIZE // 8)
