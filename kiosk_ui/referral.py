@@ -73,6 +73,8 @@ def build(view: StudyView, model: ModelInfo, t: Catalog, ctx: ReferralContext,
     pdf.cell(w - 40, 6, f"{ctx.box_name}, {ctx.box_city}", new_x="LMARGIN", new_y="NEXT")
     when = dt.datetime.fromtimestamp(ctx.now).strftime("%d.%m.%Y %H:%M")
     pdf.cell(w - 40, 6, f"{t('referral.date')}: {when}", new_x="LMARGIN", new_y="NEXT")
+    pdf.set_font("DejaVu", "", 9)
+    pdf.multi_cell(w - 40, 4, t("referral.qr_note"), new_x="LMARGIN", new_y="NEXT", align="L")
     pdf.image(io.BytesIO(qr_png(reference(view))), x=pdf.w - pdf.r_margin - 34, y=10, w=34, h=34)
     pdf.set_y(46)
 
@@ -106,9 +108,6 @@ def build(view: StudyView, model: ModelInfo, t: Catalog, ctx: ReferralContext,
     pdf.ln(6)
     pdf.cell(w / 2, 6, f"{t('referral.referring')}: {ctx.doctor}")
     pdf.cell(w / 2, 6, f"{t('referral.signature')}: ____________________", new_x="LMARGIN", new_y="NEXT")
-    pdf.ln(2)
-    pdf.set_font("DejaVu", "", 9)
-    pdf.multi_cell(w, 4, t("referral.qr_note"), new_x="LMARGIN", new_y="NEXT", align="L")
     return bytes(pdf.output())
 
 
@@ -180,7 +179,7 @@ def _doctor_section(pdf: FPDF, view: StudyView, t: Catalog, w: float, doctor: st
 
 
 def _heading(pdf: FPDF, text: str) -> None:
-    pdf.ln(2)
+    pdf.ln(1)
     pdf.set_font("DejaVu", "B", 12)
     pdf.cell(0, 7, text, new_x="LMARGIN", new_y="NEXT")
 
@@ -200,12 +199,12 @@ def _thumbnails(pdf: FPDF, view: StudyView, overlays: frozenset[str], thumbnail:
         pdf.set_font("DejaVu", "", BODY_PT)
         pdf.cell(w, 6, "—", new_x="LMARGIN", new_y="NEXT")
         return
-    cell = (w - 3 * 4) / 4
+    cell = min((w - 3 * 4) / 4, 38.0)  # 38 mm keeps a full letter on one A4 page
     if pdf.get_y() + cell + 8 > pdf.h - pdf.b_margin:
         pdf.add_page()
     y0 = pdf.get_y()
     for i, v in enumerate(shown):
-        x = pdf.l_margin + i * (cell + 4)
+        x = pdf.l_margin + i * (w - cell) / 3
         png = thumbnail(v.sop_uid, v.sop_uid in overlays)
         if png:
             pdf.image(io.BytesIO(png), x=x, y=y0, w=cell, h=cell, keep_aspect_ratio=True)
