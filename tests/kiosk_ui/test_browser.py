@@ -120,11 +120,11 @@ def test_doctor_walks_from_sign_in_to_a_referral_pdf(served, browser, shots: Pat
     assert agree.evaluate("e => getComputedStyle(e).backgroundColor") == "rgb(138, 28, 74)" != before
     assert page.is_visible("#report-entry") and not page.is_visible("input[name=birads]")  # folded away: the report's categories
     page.fill("textarea[name=notes]", "Sağ meme üst dış kadranda ele gelen kitle; radyoloğa öncelikli sevk.")
+    page.locator("#feedback").screenshot(path=str(shots / "05-geri-bildirim.png"))
     page.click("#feedback-submit")
     page.wait_for_selector("#feedback-saved")
     assert "Sağ meme üst dış kadranda" in page.inner_text("#feedback-history")
     assert kiosk.count("kiosk_feedback", "birads IS NULL AND density IS NULL AND agrees = 1") == 1
-    page.locator("#feedback").screenshot(path=str(shots / "05-geri-bildirim.png"))
 
     # Referral: one tap from the study (two from the worklist); the PDF's text is Turkish and names the patient.
     with page.expect_download() as dl:
