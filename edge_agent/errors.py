@@ -13,6 +13,9 @@ one of these where they enter our code.
      │    └── LeaseLost         a job's lease expired and another worker may own it
      ├── KeystoreError          keystore missing, wrong passphrase, or tampered
      ├── IntegrityError         sealed data failed authentication (tampered or corrupted)
+     ├── ProvisioningError      the federation authority or a box's enrolment cannot be used
+     │    ├── KitRefused        a startup kit failed a check; nothing on the box was changed
+     │    └── PeerRefused       a box certificate is not trusted (foreign, expired, revoked)
      ├── IngestError            DICOM ingest problems
      │    ├── DicomRejected     a file that goes to quarantine, with a reason code
      │    ├── IngestUnavailable  the ingest workers are stopped or cannot start: the sender retries
@@ -64,6 +67,18 @@ class KeystoreError(MammoError):
 
 class IntegrityError(MammoError):
     """Encrypted data failed authentication: it was tampered with, corrupted, or sealed by another box."""
+
+
+class ProvisioningError(MammoError):
+    """The federation authority or the box's enrolment cannot be used (wrong passphrase, missing request, bad input)."""
+
+
+class KitRefused(ProvisioningError):
+    """A startup kit failed a check (tampered, another box, another authority, expired, clock far off); the box is unchanged."""
+
+
+class PeerRefused(ProvisioningError):
+    """A box certificate presented at connection is not trusted: foreign, expired, not yet valid, or revoked."""
 
 
 class IngestError(MammoError):

@@ -73,6 +73,19 @@ class Settings:
         "Allow an unattended first start to generate a random passphrase file (0600). "
         "Turn off on production boxes where the passphrase comes from a TPM or an operator.",
     )
+    # --- provisioning (owned by provisioning/: enrolment in a federation) ------
+    provision_authority_fingerprint: str | None = setting(
+        None,
+        "SHA-256 fingerprint (hex) of the federation CA this box may enrol with, as `mammo provision init` prints it. "
+        "When set, `mammo provision install` refuses kits of any other authority, even the first; unset, the first kit installed pins its authority.",
+        check=lambda v: len(v) == 64 and all(c in "0123456789abcdef" for c in v), fix="64 lowercase hex digits, as `mammo provision init` prints",
+    )
+    authority_passphrase: str | None = setting(
+        None,
+        "Passphrase of the federation authority's private keys, used only where the authority folder is kept "
+        "(`mammo provision init|issue|revoke|rotate|crl`). If unset: asked at a terminal.",
+        secret=True,
+    )
     # --- queue -------------------------------------------------------------
     queue_lease_s: float = setting(60.0, "Seconds a claimed job stays leased before another worker may take it.", check=_positive, fix="a number of seconds > 0")
     queue_max_attempts: int = setting(5, "Attempts before a job is dead-lettered.", check=_positive, fix="an integer >= 1")
@@ -177,6 +190,9 @@ class Settings:
         values: dict[str, Any] = {}
         home = Path(env.get(ENV_PREFIX + "HOME", overrides.get("home", DEFAULT_HOME)))
         config = config or (Path(env[ENV_PREFIX + "CONFIG"]) if ENV_PREFIX + "CONFIG" in env else home / "mammo.toml")
+        kit_settings = home / "provisioning" / "settings.toml"  # an installed startup kit's initial settings: under mammo.toml
+        if kit_settings.exists():
+            values.update(_read_toml(kit_settings))
         if config.exists():
             values.update(_read_toml(config))
         for f in dataclasses.fields(cls):

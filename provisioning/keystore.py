@@ -171,3 +171,12 @@ def _write_new(path: Path, data: bytes) -> None:
         os.fsync(dfd)
     finally:
         os.close(dfd)
+
+
+def peek_box_id(path: Path) -> str | None:
+    """The box id from the keystore's clear header, without the passphrase (for status screens); None if absent or unreadable."""
+    try:
+        box_id = json.loads(Path(path).read_text(encoding="utf-8")).get("box_id")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return box_id if isinstance(box_id, str) else None
