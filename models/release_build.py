@@ -87,12 +87,13 @@ def build(final: Path, cv: Path, version: str, data: Path, out_root: Path, k: in
 
     from models.export.onnx_export import export_onnx
     from models.export.quantize import quantize_int8
-    from models.network import ScreeningNet
+    from models.network import model_from_state_dict
 
     torch.set_num_threads(1)
     records = read_folder(data)
-    arrays = build_arrays(records)
     cfg = json.loads((cv / "fold0.json").read_text())["config"]
+    size = int(cfg.get("input_size", 128))  # 0.1.0's configs predate the field: 128 px
+    arrays = build_arrays(records, size)
     pair = bool(cfg.get("pair", False))
     calib = _calibration(arrays, pair)
     out = out_root / version
@@ -106,9 +107,9 @@ def build(final: Path, cv: Path, version: str, data: Path, out_root: Path, k: in
     with tempfile.TemporaryDirectory() as tmp:
         for f in range(k):
             te = np.nonzero(folds == f)[0]
-            m = ScreeningNet.from_state_dict(torch.load(cv / f"fold{f}.pt"))
+            m = model_from_state_dict(torch.load(cv / f"fold{f}.pt"))
             fp, q = Path(tmp) / f"f{f}.onnx", Path(tmp) / f"f{f}_int8.onnx"
-            export_onnx(m, fp)
+            export_onnx(m, fp, size)
             # calibrate each fold's INT8 model on its TRAINING women only
             tr = np.nonzero(folds != f)[0]
             quantize_int8(fp, q, _calibration(arrays, pair, tr))
@@ -131,9 +132,9 @@ def build(final: Path, cv: Path, version: str, data: Path, out_root: Path, k: in
     }
 
     # --- the release model (trained on all women) ---
-    model = ScreeningNet.from_state_dict(torch.load(final))
+    model = model_from_state_dict(torch.load(final))
     torch.save(model.state_dict(), out / "model_fp32.pt")
-    export_onnx(model, out / "model_fp32.onnx")
+    export_onnx(model, out / "model_fp32.onnx", size)
     quantize_int8(out / "model_fp32.onnx", out / "model_int8.onnx", calib)
     with tempfile.TemporaryDirectory() as tmp:
         cpath = Path(tmp) / "calib.npy"
