@@ -29,7 +29,7 @@ from edge_agent.errors import SettingsError
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_HOME = REPO_ROOT / "var"
 ENV_PREFIX = "MAMMO_"
-SECTIONS = ("box", "keystore", "queue", "db", "log", "kiosk", "dicom", "ingest", "infer", "sync")
+SECTIONS = ("box", "keystore", "queue", "db", "log", "kiosk", "dicom", "ingest", "infer", "sync", "provision", "authority")
 
 
 def setting(default: Any, help: str, *, check: typing.Callable[[Any], bool] | None = None, fix: str = "", secret: bool = False) -> Any:
