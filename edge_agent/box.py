@@ -26,6 +26,7 @@ from provisioning.keystore import FileKeystore, Keystore
 
 if TYPE_CHECKING:
     from edge_agent.ingest.pool import IngestPool
+    from edge_agent.ingest.work_images import WorkImages
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,8 @@ class Box:
     queue: JobQueue
     # Set by the ingest service when the daemon starts it; other services (the kiosk upload) prepare files there too.
     ingest_pool: IngestPool | None = None
+    # Set by the ingest service too: work images of views it stored, for inference to take instead of decoding again.
+    work_images: WorkImages | None = None
 
     def close(self) -> None:
         self.db.conn.close()

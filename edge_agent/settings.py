@@ -144,6 +144,7 @@ class Settings:
     dicom_network_timeout_s: float = setting(60.0, "Seconds an association may stay silent before it is aborted; keep it above ingest_timeout_s, since the modality waits silently while a file is ingested.", check=_positive, fix="a number of seconds > 0")
     dicom_dimse_timeout_s: float = setting(30.0, "Seconds the receiver waits for the next part of a DIMSE message (C-STORE, C-ECHO) on an association.", check=_positive, fix="a number of seconds > 0")
     dicom_max_pdu_bytes: int = setting(1_048_576, "Largest PDU the receiver accepts, announced to the modality (DICOM's 'maximum length'); the receiver holds about one PDU per association in memory, datasets go to a spool file.", check=lambda v: 4096 <= v < 2**32, fix="an integer number of bytes from 4096 to 4294967295")
+    dicom_ack_backlog: int = setting(8, "Received C-STOREs acknowledged as soon as their spool file is fsync'd into $MAMMO_HOME/spool/accepted, and ingested behind the acknowledgement (a restart ingests what is left there before it listens); past this many waiting, the receiver stores an image before acknowledging it. 0 acknowledges every image only once it is stored.", check=lambda v: v >= 0, fix="an integer >= 0 (0 = acknowledge after storing)")
     ingest_drop_folder: Path | None = setting(None, "Folder watched for DICOM files (USB import, network share); empty means $MAMMO_HOME/drop. Files are deleted once safely stored or quarantined.")
     ingest_drop_poll_s: float = setting(2.0, "Polling interval in seconds of the drop folder when file-system events are unavailable, and how long a file's size and modification time must stay unchanged before it is read.", check=_positive, fix="a number of seconds > 0")
     ingest_max_file_bytes: int = setting(1_073_741_824, "Largest DICOM file accepted, in bytes; bigger files are quarantined unread.", check=_positive, fix="an integer number of bytes > 0")
@@ -168,7 +169,8 @@ class Settings:
 
     @property
     def dicom_spool_dir(self) -> Path:
-        """Where the DICOM receiver writes each incoming dataset while it arrives (0700); emptied at start."""
+        """Where the DICOM receiver writes each incoming dataset while it arrives (0700); partial ones are removed at start,
+        acknowledged ones wait in ``accepted/`` until ingested."""
         return self.home / "spool"
 
     @property

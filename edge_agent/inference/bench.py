@@ -25,6 +25,7 @@ import sqlite3
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any, cast
 
@@ -56,6 +57,87 @@ def _peak_rss_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
+def _rss_kb(pid: int | str) -> int:
+    """Resident memory of a process now (kB), 0 once it is gone."""
+    try:
+        with open(f"/proc/{pid}/statm", encoding="ascii") as f:
+            return int(f.read().split()[1]) * (resource.getpagesize() // 1024)
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _hwm_kb(pid: int | str) -> int:
+    """Peak resident memory of a live process (kB, VmHWM), 0 once it is gone."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+class ApplianceMemory:
+    """The whole appliance's resident memory: the box process and its ingest worker processes, summed.
+
+    A thread samples every process's RSS at the same instant (``period_s``)
+    and keeps the largest sum; a peak shorter than the period can slip
+    between samples, so the sum of each process's own peak (VmHWM, which
+    never misses one; workers replaced on the way count with theirs) is kept
+    as the upper bound. The true simultaneous peak lies between the two.
+    """
+
+    def __init__(self, pids: Callable[[], list[int]], period_s: float = 0.01) -> None:
+        self._pids = pids
+        self.period_s = period_s
+        self.peak_sum_kb = 0
+        self.peak_at_processes = 0
+        self._worker_hwm: dict[int, int] = {}  # every worker ever seen: its latest VmHWM
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="bench-rss", daemon=True)
+
+    def start(self) -> ApplianceMemory:
+        self._thread.start()
+        return self
+
+    def _sample(self) -> list[int]:
+        pids = self._pids()
+        total = _rss_kb("self")
+        for pid in pids:
+            total += _rss_kb(pid)
+        if total > self.peak_sum_kb:
+            self.peak_sum_kb, self.peak_at_processes = total, 1 + len(pids)
+        return pids
+
+    def _note_peaks(self, pids: list[int]) -> None:
+        for pid in pids:
+            self._worker_hwm[pid] = max(self._worker_hwm.get(pid, 0), _hwm_kb(pid))
+
+    def _run(self) -> None:
+        n = 0
+        while not self._stop.wait(self.period_s):
+            pids = self._sample()
+            n += 1
+            if n % 10 == 0:  # a worker's own peak stays in its VmHWM: reading it now and then is enough
+                self._note_peaks(pids)
+
+    def stop(self) -> dict[str, Any]:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._note_peaks(self._sample())
+        box_hwm = _hwm_kb("self")
+        bound = box_hwm + sum(self._worker_hwm.values())
+        return {
+            "peak_rss_appliance_sampled_mb": round(self.peak_sum_kb / 1024, 1),
+            "peak_rss_appliance_bound_mb": round(bound / 1024, 1),
+            "appliance_processes": self.peak_at_processes,
+            "worker_processes_seen": len(self._worker_hwm),
+            "peak_rss_worker_processes_mb": sorted((round(v / 1024, 1) for v in self._worker_hwm.values()), reverse=True),
+            "sample_period_ms": round(self.period_s * 1000, 1),
+        }
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -79,12 +161,17 @@ def _box_main(conn: Connection, home: str, backend: str | None) -> None:
     handlers, infer_threads = start_workers(box, stop, backend=backend)
     threads += infer_threads
     ready_rss = _peak_rss_mb()
+    pool = box.ingest_pool
+    memory = ApplianceMemory(pool.pids if pool is not None else list).start()
     try:
         conn.send(("ready", port, settings.dicom_ae_title, str(settings.db_path)))
         conn.recv()  # "stop"
         statuses = dict(box.db.execute("SELECT status, count(*) FROM infer_results GROUP BY status").fetchall())
+        handed = box.work_images
+        handoff = {"offered": handed.offered, "taken": handed.taken} if handed is not None else None
         runtime = box.db.execute("SELECT profile, backend, fallback_reason FROM infer_runtime").fetchone()
     finally:
+        appliance = memory.stop()  # before the workers stop
         stop.set()
         for t in threads:
             t.join(timeout=60)
@@ -93,12 +180,13 @@ def _box_main(conn: Connection, home: str, backend: str | None) -> None:
     view_timings = sorted(v for h in handlers for v in h.view_timings)
     conn.send({
         "profile": runtime[0], "backend": runtime[1], "fallback_reason": runtime[2], "result_statuses": statuses,
+        "views_decoded_by_ingest": handoff,  # work images ingest handed to inference (each view decoded once)
         "timings": [t.as_dict() for t in timings],
         "view_timings": view_timings,
         "peak_rss_mb": _peak_rss_mb(),
         "rss_when_ready_mb": ready_rss,  # imports, model, receiver: before the first study
-        "peak_rss_largest_worker_process_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1),
-    })
+        "peak_rss_largest_worker_process_mb": max(appliance["peak_rss_worker_processes_mb"], default=0.0),
+    } | appliance)
 
 
 def _send(port: int, ae_title: str, study: list[Dataset]) -> None:

@@ -35,7 +35,7 @@ from pydicom.encaps import get_frame
 from pydicom.pixels.utils import pixel_array
 from pydicom.uid import JPEG2000, JPEG2000Lossless
 
-from models.preprocess import INPUT_SIZE, WorkImage, to_work, work_factor
+from models.preprocess import INPUT_SIZE, WorkImage, block_mean, to_work, work_factor
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +104,31 @@ def bright_is_dense(arr: np.ndarray, ds: pydicom.Dataset, shifted: bool = False)
     return out
 
 
+def work_from_pixels(pixels: np.ndarray, factor: int, ds: pydicom.Dataset, size: int = INPUT_SIZE, *, shifted: bool = False) -> WorkImage:
+    """The work image of pixels already decoded at 1/``factor`` of the stored size (1: full size).
+
+    What :func:`work_image` makes of a stored instance, from pixels someone
+    else decoded: ingest decodes every image once for its checks (in full,
+    or a large JPEG 2000 at about 1024 px), and hands them over this way, so
+    the inference worker need not read, decrypt and decode the view again.
+    MONOCHROME1 is inverted here (in place when the array is writable);
+    ``shifted`` as in :func:`bright_is_dense`. Pixels decoded at a level
+    finer than the one :func:`work_image` would choose are block-meaned to
+    that level, so either way preprocessing sees the same grid.
+    """
+    rows, cols = int(ds.Rows), int(ds.Columns)
+    arr = bright_is_dense(pixels, ds, shifted=shifted)
+    if factor == 1:
+        if arr.ndim == 3:  # colour: luminance
+            arr = arr.mean(axis=-1)
+        return to_work(arr, size)
+    k = work_factor(rows, cols, size)
+    level = 1 << int(round(math.log2(k))) if k >= 2 else 1
+    if level > factor and level % factor == 0:
+        return to_work(WorkImage(block_mean(arr, level // factor), level, rows, cols), size)
+    return to_work(WorkImage(arr, factor, rows, cols), size)
+
+
 def work_image(dicom_bytes: bytes, size: int = INPUT_SIZE) -> WorkImage:
     """The first frame of a stored (de-identified) instance, reduced for preprocessing at ``size``.
 
@@ -116,12 +141,9 @@ def work_image(dicom_bytes: bytes, size: int = INPUT_SIZE) -> WorkImage:
     if str(ds.file_meta.TransferSyntaxUID) in _J2K:
         reduced = _j2k_reduced(ds, k)
         if reduced is not None:
-            return to_work(WorkImage(bright_is_dense(reduced.pixels, ds, shifted=True), reduced.factor, reduced.height, reduced.width), size)
+            return work_from_pixels(reduced.pixels, reduced.factor, ds, size, shifted=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         arr = pixel_array(ds, index=0)  # one frame, not the whole multi-frame object
-    arr = bright_is_dense(arr, ds)
-    del ds  # the encoded pixel data is no longer needed
-    if arr.ndim == 3:  # colour: luminance
-        arr = arr.mean(axis=-1)
-    return to_work(arr, size)
+    del ds.PixelData  # the encoded pixel data is no longer needed (the header still is)
+    return work_from_pixels(arr, 1, ds, size)

@@ -11,10 +11,12 @@ from typing import TYPE_CHECKING, cast
 import sqlite_utils
 
 from edge_agent.box import Box, retry_policy
+from edge_agent.errors import ModelError
 from edge_agent.inference.activation import ModelRegistry
 from edge_agent.inference.viewcache import ViewCache
 from edge_agent.inference.worker import InferenceHandler
 from edge_agent.ingest.image_store import ImageStore
+from edge_agent.ingest.memory import return_large_buffers
 from edge_agent.ingest.service import IngestPaths
 from edge_agent.queue import JobQueue
 from edge_agent.store import open_database, transaction
@@ -79,11 +81,13 @@ def make_handler(box: Box, choice: Choice, profiles: dict[str, Profile], delegat
         return cast("Screener", opened.screener)
 
     chosen = factory if backend is None else fixed_backend_factory(db, backend, choice.profile.threads)
-    return InferenceHandler(queue, store, registry, chosen, profile=choice.profile.name, parallel=choice.profile.threads, views=views)
+    return InferenceHandler(queue, store, registry, chosen, profile=choice.profile.name, parallel=choice.profile.threads, views=views,
+                            work_images=box.work_images)
 
 
 def start_workers(box: Box, stop: threading.Event, *, backend: str | None = None) -> tuple[list[InferenceHandler], list[threading.Thread]]:
     """The profile's inference workers, and one thread preparing views as they are stored (see viewcache)."""
+    return_large_buffers()  # a view decoded here (not handed over by ingest) leaves with its buffers (see edge_agent.ingest.memory)
     choice, profiles, delegate = choose_profile(box)
     log.info("hardware profile %s: %s", choice.profile.name, dict(choice.reasons).get(choice.profile.name))
     ModelRegistry(box.db, box.settings).ensure_active()
@@ -94,6 +98,12 @@ def start_workers(box: Box, stop: threading.Event, *, backend: str | None = None
         worker = Worker(handler.queue, INFER_QUEUE, handler, name=f"infer-{i}", lease_s=box.settings.queue_lease_s, poll_s=POLL_S, stop=stop)
         handlers.append(handler)
         threads.append(threading.Thread(target=worker.run, name=f"infer-{i}", daemon=True))
+
+    if handlers:
+        try:  # load the model now: ingest reduces each view for its input size from the first image on (decode once)
+            handlers[0].screener()
+        except ModelError:
+            pass  # no usable model: the jobs say so
 
     def prepare_ahead() -> None:
         while not stop.wait(POLL_S):

@@ -31,6 +31,7 @@ from edge_agent.inference.decode import work_image
 from edge_agent.inference.triage import ViewScore, aggregate, first_by_view, other_breast
 from edge_agent.inference.viewcache import ViewCache
 from edge_agent.ingest.image_store import ImageStore
+from edge_agent.ingest.work_images import WorkImages
 from edge_agent.queue import Effect, Job, JobQueue
 from models.preprocess import Preprocessed, preprocess
 from models.release_files import suspicion
@@ -95,7 +96,8 @@ class InferenceHandler:
     """Holds the loaded model; reloads when the active model changes between studies."""
 
     def __init__(self, queue: JobQueue, store: ImageStore, registry: ModelRegistry, factory: ScreenerFactory,
-                 *, profile: str, clock: Callable[[], float] = time.time, parallel: int = 1, views: ViewCache | None = None) -> None:
+                 *, profile: str, clock: Callable[[], float] = time.time, parallel: int = 1, views: ViewCache | None = None,
+                 work_images: WorkImages | None = None) -> None:
         self.queue = queue
         self.db = queue.db
         self.store = store
@@ -107,6 +109,7 @@ class InferenceHandler:
         # numpy release the GIL, and while a study is being read the model is idle anyway
         self.parallel = max(1, int(parallel))
         self.views = views if views is not None else ViewCache(self.parallel)
+        self.work_images = work_images  # views ingest decoded and reduced already (decode once), taken by digest
         self._loaded: tuple[int, Screener] | None = None  # (activation id, screener)
         self._lock = threading.Lock()
         self.timings: deque[StudyTiming] = deque(maxlen=1000)  # the latest studies, for the benchmark and diagnosis
@@ -132,17 +135,21 @@ class InferenceHandler:
                 log.error("active model %s refused (%s); still screening with the previous model", act.version, exc)
                 return self._loaded[1], act
             self._loaded = (act.id, screener)
+            if self.work_images is not None:
+                self.work_images.size = screener.release.input_size  # ingest reduces views for this model from now on
             return screener, act
 
     def _prepare(self, digest: str, size: int, timing: StudyTiming) -> Preprocessed | Exception:
         """One view from the sealed store to the model input; an error is returned (and recorded by the caller)."""
         mine = StudyTiming(digest, time.monotonic())
         try:
-            with timing.stage("read_decrypt"), mine.stage("read_decrypt"):
-                data = self.store.get(digest)
-            with timing.stage("decode"), mine.stage("decode"):
-                work = work_image(data, size)
-            del data
+            work = self.work_images.take(digest, size) if self.work_images is not None else None
+            if work is None:  # not handed over by ingest (a restart, another input size): read and decode it here
+                with timing.stage("read_decrypt"), mine.stage("read_decrypt"):
+                    data = self.store.get(digest)
+                with timing.stage("decode"), mine.stage("decode"):
+                    work = work_image(data, size)
+                del data
             with timing.stage("preprocess"), mine.stage("preprocess"):
                 prepared = preprocess(work, size)
             self.view_timings.append((time.monotonic(), {k: mine.seconds[k] for k in ("read_decrypt", "decode", "preprocess")}))

@@ -21,6 +21,7 @@ per worker; the pool is sized by ``ingest_workers`` (0 = one per core).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import multiprocessing
 import os
@@ -35,6 +36,7 @@ from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from edge_agent.errors import IngestUnavailable
+from edge_agent.ingest.memory import return_large_buffers
 from edge_agent.ingest.prepare import Options, Prepared, Refused, Request, Unreadable, prepare
 
 log = logging.getLogger(__name__)
@@ -46,6 +48,8 @@ TIMEOUT = "timeout"
 WORKER_CRASHED = "worker_crashed"
 _READY = "ready"
 _TAKEN = "taken"
+_BULK = "bulk"  # a Prepared whose file follows as raw bytes
+_BULK_BYTES = 1 << 20
 _START_ATTEMPTS = 3
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [ingest worker %(process)d]: %(message)s"
 
@@ -84,6 +88,7 @@ def _exit_with_parent(parent: int) -> None:
 def _worker_main(conn: Connection, options: Options, work: Work, log_level: int) -> None:
     """A worker's whole life: answer one request at a time until the pipe closes or None arrives."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group; the parent decides
+    return_large_buffers()  # each file's buffers leave with it (see memory)
     # A spawned interpreter has no logging set up: log as the CLI does, to the same stderr, naming the worker.
     logging.basicConfig(level=log_level, format=LOG_FORMAT, stream=sys.stderr)
     warnings.simplefilter("ignore")  # pydicom warns on every oddity of broken input; each becomes a fix or a refusal
@@ -105,9 +110,24 @@ def _worker_main(conn: Connection, options: Options, work: Work, log_level: int)
         except Exception as exc:  # prepare() already turns a file's faults into Refused: this is a bug
             outcome = Refused("internal_error", f"Unexpected {type(exc).__name__} in an ingest worker; the file is kept. Report it with `mammo quarantine show`.")
         try:
-            conn.send(outcome)
+            if isinstance(outcome, Prepared) and len(outcome.data) >= _BULK_BYTES:
+                # The de-identified file goes as raw bytes after its facts: pickling it would copy it once more on each side.
+                conn.send((_BULK, dataclasses.replace(outcome, data=b"")))
+                conn.send_bytes(outcome.data)
+            else:
+                conn.send(outcome)
         except (BrokenPipeError, OSError):
             return
+
+
+def _receive(conn: Connection) -> Outcome:
+    """A worker's answer; a large de-identified file arrives as raw bytes after the rest of it (see ``_worker_main``)."""
+    message = conn.recv()
+    if isinstance(message, tuple) and len(message) == 2 and message[0] == _BULK:
+        prepared: Prepared = message[1]
+        return dataclasses.replace(prepared, data=conn.recv_bytes())
+    outcome: Outcome = message
+    return outcome
 
 
 class _Worker:
@@ -227,7 +247,7 @@ class IngestPool:
             return Refused(TIMEOUT, f"Processing took longer than ingest_timeout_s={self.timeout_s:g} s; the worker was stopped. "
                            "Release the file from quarantine on a less busy box, or raise ingest_timeout_s.")
         try:
-            outcome: Outcome = w.conn.recv()
+            outcome: Outcome = _receive(w.conn)
         except (EOFError, OSError):
             w.process.join(10)
             how = describe_exit(w.process.exitcode)

@@ -21,6 +21,7 @@ import traceback
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
@@ -31,6 +32,9 @@ from edge_agent.errors import DicomRejected, StoreError
 from edge_agent.ingest import autofix, burned_in, deid, reader
 from edge_agent.ingest.image_store import sha256
 from edge_agent.ingest.records import Fix
+
+if TYPE_CHECKING:
+    from models.preprocess import WorkImage
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +61,7 @@ class Request:
     data: bytes | None = None
     path: str | None = None
     allow: frozenset[str] = frozenset()
+    work_size: int | None = None  # a mammogram's work image for this model input size comes back too (see work_images)
 
 
 @dataclass(frozen=True)
@@ -80,6 +85,8 @@ class Prepared:
     facts: InstanceFacts
     identity: deid.Identity
     fixes: tuple[Fix, ...]
+    work: WorkImage | None = None  # the decoded pixels reduced for inference at ``work_size`` (decode once)
+    work_size: int | None = None
 
 
 @dataclass(frozen=True)
@@ -106,6 +113,7 @@ class Processed:
     data: bytes
     report: deid.DeidReport
     fixes: tuple[Fix, ...]
+    work: WorkImage | None = None
 
 
 def serialize(ds: Dataset) -> bytes:
@@ -150,7 +158,24 @@ def facts_of(ds: Dataset) -> InstanceFacts:
     )
 
 
-def _run(data: bytes, options: Options, allow: frozenset[str]) -> Processed | Refused:
+def work_image_of(decoded: reader.Decoded, ds: Dataset, size: int) -> WorkImage | None:
+    """The model's work image from the pixels the checks decoded, for a mammogram; None when there is none to give.
+
+    Never a reason to refuse a file: whatever goes wrong here, inference
+    decodes the stored view itself, as it always could.
+    """
+    if decoded.pixels is None or decoded.factor < 1 or str(ds.get("Modality", "") or "").upper() != "MG":
+        return None
+    from edge_agent.inference.decode import work_from_pixels
+
+    try:
+        return work_from_pixels(decoded.pixels, decoded.factor, ds, size, shifted=decoded.shifted)
+    except Exception as exc:  # an odd image the model may refuse too: its job will say so
+        log.debug("no work image handed to inference (%s)", type(exc).__name__)
+        return None
+
+
+def _run(data: bytes, options: Options, allow: frozenset[str], work_size: int | None = None) -> Processed | Refused:
     """Read, fix, check and de-identify one file; a refusal comes back with the fixes made so far. Warnings must already be off."""
     limits = options.limits
     fixes: list[Fix] = []
@@ -172,6 +197,8 @@ def _run(data: bytes, options: Options, allow: frozenset[str]) -> Processed | Re
         deadline.check("auto-fix")
         report = deid.deidentify(ds, options.keys, private_safelist=options.private_safelist)
         deadline.check("de-identification")
+        work = work_image_of(decoded, ds, work_size) if work_size else None
+        del decoded  # the decoded pixels (27 MB for a detector image) are not held while the file is written
         try:
             out = serialize(ds)
         except Exception as exc:
@@ -185,7 +212,7 @@ def _run(data: bytes, options: Options, allow: frozenset[str]) -> Processed | Re
         log.error("unexpected %s while processing a DICOM object; the file is quarantined:\n%s",
                   type(exc).__name__, "".join(traceback.format_tb(exc.__traceback__)))
         return Refused("internal_error", f"Unexpected {type(exc).__name__} while processing; the file is kept. Report it with `mammo quarantine show`.", tuple(fixes))
-    return Processed(ds, out, report, tuple(fixes))
+    return Processed(ds, out, report, tuple(fixes), work)
 
 
 def process(
@@ -220,12 +247,12 @@ def prepare(request: Request, options: Options) -> Prepared | Refused | Unreadab
         except OSError as exc:
             return Unreadable(f"Cannot read the file: {exc.strerror}. Check that it exists and is readable.")
     try:
-        p = _run(data, options, request.allow)
+        p = _run(data, options, request.allow, request.work_size)
     except MemoryError:
         return Refused("image_too_large", "Not enough memory to process this file; lower the load or raise memory, then release it.")
     if isinstance(p, Refused):
         return p
-    return Prepared(p.data, facts_of(p.ds), p.report.identity, p.fixes)
+    return Prepared(p.data, facts_of(p.ds), p.report.identity, p.fixes, p.work, request.work_size if p.work is not None else None)
 
 
 def prepare_in_process(request: Request, options: Options) -> Prepared | Refused | Unreadable:

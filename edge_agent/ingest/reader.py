@@ -82,6 +82,8 @@ class Decoded:
     pixels: np.ndarray | None
     fixes: tuple[Fix, ...]
     transfer_syntax: str
+    factor: int = 1  # the pixels are 1/factor of the stored size (a reduced JPEG 2000 or JPEG decode)
+    shifted: bool = False  # Pillow's JPEG 2000 decoder moved the stored bits to the top of 16 bits
 
 
 class Deadline:
@@ -337,7 +339,21 @@ def read(data: bytes, limits: ReadLimits, deadline: Deadline | None = None, imag
         fixes += fix_frames(ds)
         deadline.check("parse")
         pixels = check_and_decode(ds, limits, deadline)
-    return Decoded(ds, pixels, tuple(fixes), str(ds.file_meta.TransferSyntaxUID))
+    ts = str(ds.file_meta.TransferSyntaxUID)
+    factor = _factor_of(ds, pixels)
+    return Decoded(ds, pixels, tuple(fixes), ts, factor, factor > 1 and ts in (JPEG2000Lossless, JPEG2000))
+
+
+def _factor_of(ds: Dataset, pixels: np.ndarray | None) -> int:
+    """How much smaller than stored the decoded first frame is (1: full size; 0: it is not a reduction of it)."""
+    if pixels is None or pixels.ndim < 2:
+        return 0
+    rows, cols = _int(ds, "Rows", 0), _int(ds, "Columns", 0)
+    h, w = pixels.shape[:2]
+    if (h, w) == (rows, cols):
+        return 1
+    f = 1 << max(0, round(math.log2(rows / h))) if h else 0
+    return f if f and (-(-rows // f), -(-cols // f)) == (h, w) else 0
 
 
 def fix_frames(ds: Dataset) -> list[Fix]:

@@ -19,6 +19,11 @@ send any amount of data over any number of connections:
 - Only known peers (``dicom_peers``, see ``peers``) may associate; a refusal
   is logged with the calling AE title and address.
 
+A C-STORE is answered as soon as its spool file is durable (fsync'd and
+renamed into ``spool/accepted``); ingest follows in the background, in
+parallel with the next image's transfer (see ``accepted``). With
+``dicom_ack_backlog`` = 0 it is answered after it is stored, as before.
+
 Every received object goes through the ingest service.  A quarantined
 object was kept, so the modality is told Success (it must not resend a file
 that will be refused again); only a box-level failure (disk full, database
@@ -47,6 +52,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from edge_agent.errors import MammoError, StorageFull
 from edge_agent.ingest import peers as peer_rules
+from edge_agent.ingest.accepted import AcceptedSpool
 from edge_agent.ingest.scp_limits import Connection, DatasetMeter, admit_connection
 from edge_agent.settings import Settings
 
@@ -59,6 +65,8 @@ VERIFICATION = "1.2.840.10008.1.1"  # the Verification SOP class (C-ECHO)
 # A-ASSOCIATE-RJ: rejected permanent, by the service user, calling AE title not recognised (PS3.8 9.3.4)
 _REJECT_UNKNOWN_CALLING_AE = (0x01, 0x01, 0x03)
 _LOG_REFUSED_EVERY_S = 60.0
+#: At start, how long the receiver waits for images acknowledged before a crash to be stored before it listens.
+RECOVER_WAIT_S = 120.0
 
 
 @dataclass
@@ -139,6 +147,7 @@ class DicomReceiver:
         self._refused_logged: dict[str, float] = {}
         self._opened: weakref.WeakKeyDictionary[Association, float] = weakref.WeakKeyDictionary()
         self._gone: weakref.WeakSet[Association] = weakref.WeakSet()  # connections closed, or being closed by us
+        self.accepted: AcceptedSpool | None = None  # acknowledged C-STOREs not yet ingested (None: ack after storing)
 
     def _ae(self) -> _ReceiverAE:
         ae = _ReceiverAE(ae_title=self.ae_title)
@@ -161,6 +170,11 @@ class DicomReceiver:
     def start(self) -> int:
         """Start listening in the background; returns the bound port (useful with port 0)."""
         self._prepare_spool()
+        if self.settings.dicom_ack_backlog > 0 and self.accepted is None:
+            threads = 2 * max(1, int(getattr(self.service, "parallelism", 1)))  # one stores while its worker prepares the next
+            self.accepted = AcceptedSpool(self.service, self.spool_dir / "accepted", backlog=self.settings.dicom_ack_backlog,
+                                          threads=threads).start()
+            self.accepted.recover(wait_s=RECOVER_WAIT_S)  # what an earlier run acknowledged is stored before we listen
         _install_spool()
         self._log_peer_policy()
         handlers: list[Any] = [
@@ -194,6 +208,14 @@ class DicomReceiver:
             self._thread.join(timeout=5)
             self._thread = None
         self._reap_finished()
+        if self.accepted is not None:
+            self.accepted.stop()  # files not yet ingested stay in spool/accepted for the next start
+            self.accepted = None
+
+    def wait_ingested(self, timeout_s: float) -> bool:
+        """Block until every acknowledged C-STORE is ingested (tests, benchmarks); False on timeout."""
+        accepted = self.accepted
+        return accepted is None or accepted.wait_idle(timeout_s)
 
     def _prepare_spool(self) -> None:
         """Create the spool folder (0700: images of patients) and drop what a killed daemon left in it."""
@@ -386,6 +408,16 @@ class DicomReceiver:
             with self._lock:
                 state.claimed.add(str(path))
         try:
+            if path is not None and self.accepted is not None:
+                try:
+                    if self.accepted.accept(Path(path), _safe(calling), wait_s=self.settings.dicom_dimse_timeout_s) is not None:
+                        return STATUS_SUCCESS  # durable on the box: ingest follows (spool/accepted)
+                except StorageFull:
+                    raise
+                except OSError as exc:
+                    raise StorageFull(f"Cannot keep the received image ({exc.strerror}); the modality was told to retry.") from None
+                log.warning("C-STORE from %s: %d received images still wait for ingest; this one is stored before it is acknowledged",
+                            calling, self.accepted.backlog)
             if path is None:
                 result = self.service.ingest_bytes(event.encoded_dataset(include_meta=True), source=source, label=f"C-STORE from {calling}")
             else:

@@ -28,10 +28,12 @@ import sqlite_utils
 from edge_agent.errors import MammoError, StoreError
 from edge_agent.ingest import deid, reader, studies
 from edge_agent.ingest.image_store import ImageStore
+from edge_agent.ingest.memory import return_large_buffers
 from edge_agent.ingest.pool import IngestPool, Work, worker_count
 from edge_agent.ingest.prepare import Options, Prepared, Refused, Request, Unreadable, prepare, prepare_in_process
 from edge_agent.ingest.quarantine import Quarantine
 from edge_agent.ingest.records import ACCEPTED, FIXED, QUARANTINED, Fix, IngestResult, StudyRef
+from edge_agent.ingest.work_images import WorkImages
 from edge_agent.queue import JobQueue
 from edge_agent.settings import Settings
 from edge_agent.store import transaction
@@ -76,7 +78,9 @@ class IngestService:
     daemon, ``mammo ingest``), stopped by ``close``. ``pool``: worker
     processes another service owns (the kiosk's upload shares the daemon's);
     used, never closed here. ``work`` replaces the workers' function, for
-    tests that need a file to hang or crash a worker.
+    tests that need a file to hang or crash a worker. ``work_images``: the
+    inference component's handoff (see ``work_images``); each stored
+    mammogram's work image is offered there.
     """
 
     def __init__(
@@ -91,6 +95,7 @@ class IngestService:
         workers: int | None = None,
         pool: IngestPool | None = None,
         work: Work = prepare,
+        work_images: WorkImages | None = None,
     ) -> None:
         self.db = db
         self.queue = queue
@@ -105,14 +110,15 @@ class IngestService:
         self.clock = clock
         self.private_safelist = private_safelist
         self._lock = threading.RLock()
+        self.work_images = work_images  # where inference takes the decoded views (decode once); None: it decodes them
         self._owns_pool = pool is None and bool(workers)
         if pool is None and workers:
             pool = IngestPool(self.options, workers=workers, timeout_s=settings.ingest_timeout_s, work=work).start()
         self.pool = pool
 
     @classmethod
-    def from_box(cls, box: Box, *, workers: int | None = None) -> IngestService:
-        return cls(db=box.db, keystore=box.keystore, queue=box.queue, settings=box.settings, workers=workers)
+    def from_box(cls, box: Box, *, workers: int | None = None, work_images: WorkImages | None = None) -> IngestService:
+        return cls(db=box.db, keystore=box.keystore, queue=box.queue, settings=box.settings, workers=workers, work_images=work_images)
 
     def close(self) -> None:
         """Stop the worker processes (files in progress finish first); the database stays open, it is the caller's."""
@@ -124,6 +130,9 @@ class IngestService:
         return self.pool.size if self.pool is not None else 1
 
     # -- the pipeline -------------------------------------------------------------------------
+    def _work_size(self) -> int | None:
+        return self.work_images.size if self.work_images is not None else None
+
     def _prepare(self, request: Request) -> Prepared | Refused | Unreadable:
         if self.pool is not None:
             return self.pool.run(request)
@@ -141,7 +150,7 @@ class IngestService:
                 return self._hold(head, "file_too_large", f"File is {size} bytes, above ingest_max_file_bytes={self.limits.max_file_bytes}; only its first MiB was kept.", source, label, ())
         except OSError as exc:
             raise StoreError(f"Cannot read {path}: {exc.strerror}. Check that the file exists and is readable.") from None
-        outcome = self._prepare(Request(path=str(path)))
+        outcome = self._prepare(Request(path=str(path), work_size=self._work_size()))
         if isinstance(outcome, Prepared):
             return self._store(outcome, source, label)
         if isinstance(outcome, Unreadable):
@@ -153,7 +162,7 @@ class IngestService:
         return self._hold(data, outcome.reason_code, outcome.reason, source, label, outcome.fixes)
 
     def ingest_bytes(self, data: bytes, *, source: str, label: str = "", allow: frozenset[str] = frozenset()) -> IngestResult:
-        outcome = self._prepare(Request(data=data, allow=allow))
+        outcome = self._prepare(Request(data=data, allow=allow, work_size=self._work_size()))
         if isinstance(outcome, Prepared):
             return self._store(outcome, source, label)
         if isinstance(outcome, Unreadable):  # cannot happen for bytes; kept total for the type checker
@@ -186,6 +195,8 @@ class IngestService:
         notes: list[str] = []
         # Content-addressed, atomic writes: two threads may store at once (their fsyncs overlap); only the database is serialised.
         digest, _ = self.store.put(p.data)
+        if p.work is not None and p.work_size is not None and self.work_images is not None:
+            self.work_images.offer(digest, p.work_size, p.work)  # before its row exists: whoever sees the row finds it
         with self._lock:
             with transaction(self.db) as db:
                 duplicate = db.execute("SELECT digest FROM ingest_instances WHERE sop_uid = ?", [f.sop_uid]).fetchone()
@@ -271,8 +282,10 @@ def start_services(box: Box, stop: threading.Event) -> list[threading.Thread]:
     from edge_agent.ingest.dropfolder import DropFolderWatcher
     from edge_agent.ingest.scp import DicomReceiver
 
+    return_large_buffers()  # the daemon's image buffers (received, sealed, decoded) leave with their image (see memory)
     workers = worker_count(box.settings.ingest_workers)
-    service = IngestService.from_box(box, workers=workers)
+    box.work_images = WorkImages()  # the inference component, started next, takes decoded views from here
+    service = IngestService.from_box(box, workers=workers, work_images=box.work_images)
     box.ingest_pool = service.pool  # the kiosk's USB upload uses the same workers and time limit
     log.info("ingest: %d worker process(es), %g s per file", workers, box.settings.ingest_timeout_s)
     receiver = DicomReceiver(service, box.settings)

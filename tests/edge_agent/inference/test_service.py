@@ -102,7 +102,11 @@ def test_bench_study_prints_int8_beside_pytorch_fp32_per_transfer_syntax_and_sta
         assert 0 < o["p50_ms"] <= o["p95_ms"] and out["ratio_p95_int8_to_pytorch_fp32"][name] == round(o["p95_ms"] / p["p95_ms"], 3)
         assert list(o["stages_ms"]) == ["receive_ingest", "read_decrypt", "decode", "preprocess", "inference", "heatmap", "store", "commit"]
         assert o["stages_ms"]["receive_ingest"]["p50"] > 0 and o["stages_ms"]["inference"]["p50"] > 0
-        # every view of the timed studies was read, decoded and preprocessed, in its job or while its study arrived
-        assert o["views_timed"] >= 4 * 2 and all(v["p50"] > 0 for v in o["view_stages_ms"].values())
+        # every view of the timed studies was preprocessed, in its job or while its study arrived; ingest had decoded it
+        assert o["views_timed"] >= 4 * 2 and o["view_stages_ms"]["preprocess"]["p50"] > 0
         assert 0 <= o["views_prepared_while_arriving_mean"] <= 4
     assert 0 < ours["rss_when_ready_mb"] <= ours["peak_rss_mb"] and 0 < peer["peak_rss_mb"]
+    # each view decoded once: ingest handed its work image to inference (none is read back and decoded again)
+    assert ours["views_decoded_by_ingest"]["taken"] == 4 * n
+    # the whole appliance: the box and its ingest worker processes, summed at one instant, within the sum of their own peaks
+    assert ours["appliance_processes"] >= 2 and ours["peak_rss_mb"] < ours["peak_rss_appliance_sampled_mb"] <= ours["peak_rss_appliance_bound_mb"]

@@ -20,6 +20,7 @@ import pytest
 from edge_agent.errors import IngestUnavailable
 from edge_agent.ingest import mg
 from edge_agent.ingest.pool import TIMEOUT, WORKER_CRASHED, describe_exit, worker_count
+from edge_agent.ingest.prepare import Request, prepare, prepare_in_process
 from edge_agent.ingest.records import ACCEPTED, QUARANTINED
 from edge_agent.ingest.service import IngestService
 from edge_agent.queue import JobQueue
@@ -213,3 +214,14 @@ def test_the_kiosk_upload_prepares_files_in_the_daemons_workers(pooled, hooks):
     finally:
         kiosk.close()  # not its pool: the daemon's workers keep running
     assert service.ingest_bytes(_marked(2, "fine"), source="test").outcome == ACCEPTED
+
+
+def test_a_large_file_comes_back_from_its_worker_whole(pooled):
+    """A detector-sized de-identified file crosses the pipe as raw bytes after its facts; what is stored is what prepare made."""
+    service = pooled(prepare)
+    ds = mg.mammogram(mg.synthetic_pixels(5, "R", 1536), patient=mg.TURKISH_PATIENTS[0], laterality="R", view="MLO")
+    data = mg.to_bytes(ds)
+    result = service.ingest_bytes(data, source="test")
+    assert result.outcome in (ACCEPTED, "fixed") and result.laterality == "R"
+    expected = prepare_in_process(Request(data=data), service.options)
+    assert len(expected.data) > 2 << 20 and service.store.get(result.digest) == expected.data

@@ -43,6 +43,7 @@ def test_four_view_push_gives_one_infer_job(receiver, rig, study, caplog):
     statuses = [assoc.send_c_store(ds).Status for ds in study]
     assoc.release()
     assert statuses == [0x0000] * 4
+    assert receiver.wait_ingested(30)  # acknowledged once durable in the spool; stored right after
     jobs = rig.infer_jobs()
     assert len(jobs) == 1 and jobs[0][1].startswith("study:2.25.")
     sources = {r[0] for r in rig.db.execute("SELECT source FROM ingest_instances").fetchall()}
@@ -51,6 +52,7 @@ def test_four_view_push_gives_one_infer_job(receiver, rig, study, caplog):
     assoc = _modality().associate("127.0.0.1", receiver.port, ae_title=rig.settings.dicom_ae_title)
     assert [assoc.send_c_store(ds).Status for ds in study] == [0x0000] * 4
     assoc.release()
+    assert receiver.wait_ingested(30)
     assert len(rig.infer_jobs()) == 1
     for planted in ("ÇELİK", "AYŞE", mg.TURKISH_PATIENTS[0].patient_id):
         assert planted not in caplog.text  # neither ours nor pynetdicom's logs name the patient
@@ -78,5 +80,6 @@ def test_parallel_associations_each_study_queued_once(receiver, rig):
     for t in threads:
         t.join(timeout=60)
     assert statuses == [0x0000] * 12
+    assert receiver.wait_ingested(30)
     keys = sorted(k for _, k, _ in rig.infer_jobs())
     assert len(keys) == 2 and len(set(keys)) == 2

@@ -179,6 +179,11 @@ def _wait_until(condition, timeout_s: float = 20.0) -> bool:
     return True
 
 
+def _spooled(spool: Path) -> list[Path]:
+    """Files left in the spool, the acknowledged ones waiting in spool/accepted included."""
+    return [p for p in spool.rglob("*") if p.is_file()]
+
+
 def _count(rig, table: str) -> int:
     return rig.db.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
 
@@ -192,13 +197,14 @@ def test_stored_dataset_goes_through_a_private_spool_file(rig, study, start_rece
     assert assoc.is_established
     assert assoc.send_c_store(study[0]).Status == 0x0000
     assoc.release()
+    assert receiver.wait_ingested(30)
     assert service.byte_calls == 0 and len(service.paths) == 1
     path, mode, size = service.paths[0]
-    assert path.parent == spool and mode == 0o600 and size > 128 * 128
+    assert path.parent == spool / "accepted" and mode == 0o600 and size > 128 * 128
     assert "MAMMO_UNIT" in path.name
     assert service.labels == ["C-STORE from MAMMO_UNIT"]  # the sender, not the spool file's name
     assert _count(rig, "ingest_instances") == 1
-    assert _wait_until(lambda: not any(spool.iterdir())), list(spool.iterdir())
+    assert _wait_until(lambda: not _spooled(spool)), _spooled(spool)
 
 
 def test_spool_left_by_a_killed_daemon_is_emptied_at_start(rig, start_receiver, caplog):
@@ -207,7 +213,7 @@ def test_spool_left_by_a_killed_daemon_is_emptied_at_start(rig, start_receiver, 
     (spool / "cstore-MAMMO_UNIT-left.dcm").write_bytes(b"\0" * 1000)
     caplog.set_level(logging.WARNING)
     start_receiver(rig.service, rig.settings)
-    assert not any(spool.iterdir()) and "partial DICOM transfer" in caplog.text
+    assert not _spooled(spool) and "partial DICOM transfer" in caplog.text
 
 
 def test_oversized_dataset_is_aborted_while_it_arrives(rig_factory, tmp_path, study, start_receiver, caplog):
@@ -232,11 +238,12 @@ def test_oversized_dataset_is_aborted_while_it_arrives(rig_factory, tmp_path, st
     assert _wait_until(lambda: _count(rig, "ingest_quarantine") == 1)
     assert rig.db.execute("SELECT reason_code, source FROM ingest_quarantine").fetchone() == ("file_too_large", "scp:MAMMO_UNIT")
     assert _count(rig, "ingest_instances") == 0
-    assert _wait_until(lambda: not any(rig.settings.dicom_spool_dir.iterdir()))
+    assert _wait_until(lambda: not _spooled(rig.settings.dicom_spool_dir))
     # The modality can go on: a normal image on a new association is stored.
     assoc = _associate(receiver)
     assert assoc.send_c_store(study[0]).Status == 0x0000
     assoc.release()
+    assert receiver.wait_ingested(30)
     assert _count(rig, "ingest_instances") == 1
 
 
@@ -372,6 +379,7 @@ receiver = DicomReceiver(service, Settings.load(env={"MAMMO_HOME": sys.argv[1]})
 print(receiver.start(), flush=True)
 for line in sys.stdin:
     if line.strip() == "report":
+        receiver.wait_ingested(30)  # acknowledged when durable; handed to the service right after
         print(json.dumps({"maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "sizes": service.sizes}), flush=True)
 receiver.stop()
 """
