@@ -18,9 +18,12 @@ still listed (a retired signing key verifies old releases until its
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import fcntl
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +34,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edge_agent.errors import IntegrityError, ProvisioningError
+from edge_agent.errors import IntegrityError, MammoError, ProvisioningError
 from edge_agent.settings import Settings
 from provisioning import he
 from provisioning.envelope import open_sealed, seal
@@ -113,54 +116,54 @@ class Authority:
         """Certify a box's request and return its signed startup kit; the issue is recorded and the CRL re-signed."""
         now = now or utcnow()
         csr, box_id = read_request(request_pem)
-        revoked = [r for r in self.meta["revoked"] if r["box_id"] == box_id]
-        if revoked:
-            raise ProvisioningError(f"Box {box_id} was revoked on {revoked[0]['revoked_at']}; a revoked box is not enrolled again. Fix: enrol a replacement box (factory reset gives a new identity).")
         if coordinator is not None:
             _check_coordinator(coordinator)
         settings = dict(settings or {})
         try:
             Settings.from_mapping(settings, source="the kit's initial settings")
-        except Exception as exc:
+        except MammoError as exc:
             raise ProvisioningError(f"Initial setting refused: {exc}") from None
-        cert = issue_box_cert(csr, self.ca, self._ca_key, now, days)
-        key = cert.public_key()
-        assert isinstance(key, ec.EllipticCurvePublicKey)
-        he_entry = self._active("he")
-        secret = self._unseal_file(f"he-v{he_entry['version']}.secret.sealed")
-        payload = {
-            "format": "mammo-kit/1", "box_id": box_id, "issued_at": iso(now), "authority": self.meta["name"],
-            "certificate": cert_pem(cert), "ca_chain": [cert_pem(self.ca)], "coordinator": coordinator,
-            "model_signing": [
-                {"version": s["version"], "status": s["status"], "verify_until": s.get("verify_until"),
-                 "public_key": (self.folder / f"signing-v{s['version']}.pub.pem").read_text(encoding="ascii")}
-                for s in self.meta["signing"] if s["status"] == "active" or (s.get("verify_until") and dt.datetime.fromisoformat(s["verify_until"]) >= now)
-            ],
-            "he": {"version": he_entry["version"], "params": self.meta["he_params"], "sha256": he.sha256(secret),
-                   "sealed": seal_for(key, secret, he_aad(box_id, he_entry["version"]))},
-            "settings": settings,
-        }
-        kit = sign_kit(payload, self._ca_key)
-        self.meta["issued"].append({"box_id": box_id, "serial": f"{cert.serial_number:x}", "issued_at": iso(now), "not_after": iso(cert.not_valid_after_utc)})
-        self._write_crl(now)
-        self._save()
+        with self._update():
+            revoked = [r for r in self.meta["revoked"] if r["box_id"] == box_id]
+            if revoked:
+                raise ProvisioningError(f"Box {box_id} was revoked on {revoked[0]['revoked_at']}; a revoked box is not enrolled again. Fix: enrol a replacement box (factory reset gives a new identity).")
+            cert = issue_box_cert(csr, self.ca, self._ca_key, now, days)
+            key = cert.public_key()
+            assert isinstance(key, ec.EllipticCurvePublicKey)
+            he_entry = self._active("he")
+            secret = self._unseal_file(f"he-v{he_entry['version']}.secret.sealed")
+            payload = {
+                "format": "mammo-kit/1", "box_id": box_id, "issued_at": iso(now), "authority": self.meta["name"],
+                "certificate": cert_pem(cert), "ca_chain": [cert_pem(self.ca)], "coordinator": coordinator,
+                "model_signing": [
+                    {"version": s["version"], "status": s["status"], "verify_until": s.get("verify_until"),
+                     "public_key": (self.folder / f"signing-v{s['version']}.pub.pem").read_text(encoding="ascii")}
+                    for s in self.meta["signing"] if s["status"] == "active" or (s.get("verify_until") and dt.datetime.fromisoformat(s["verify_until"]) >= now)
+                ],
+                "he": {"version": he_entry["version"], "params": self.meta["he_params"], "sha256": he.sha256(secret),
+                       "sealed": seal_for(key, secret, he_aad(box_id, he_entry["version"]))},
+                "settings": settings,
+            }
+            kit = sign_kit(payload, self._ca_key)
+            self.meta["issued"].append({"box_id": box_id, "serial": f"{cert.serial_number:x}", "issued_at": iso(now), "not_after": iso(cert.not_valid_after_utc)})
+            self._write_crl(now)
         return kit
 
     def revoke(self, box_id: str, now: dt.datetime | None = None) -> list[str]:
         """Put every certificate issued to ``box_id`` on the CRL; returns their serials (hex)."""
         now = now or utcnow()
-        serials = [i["serial"] for i in self.meta["issued"] if i["box_id"] == box_id]
-        if not serials:
-            raise ProvisioningError(f"This authority never issued a certificate to box {box_id}. Fix: check the id with `mammo provision status` on the box.")
-        done = {r["serial"] for r in self.meta["revoked"]}
-        self.meta["revoked"] += [{"box_id": box_id, "serial": s, "revoked_at": iso(now)} for s in serials if s not in done]
-        self._write_crl(now)
-        self._save()
+        with self._update():
+            serials = [i["serial"] for i in self.meta["issued"] if i["box_id"] == box_id]
+            if not serials:
+                raise ProvisioningError(f"This authority never issued a certificate to box {box_id}. Fix: check the id with `mammo provision status` on the box.")
+            done = {r["serial"] for r in self.meta["revoked"]}
+            self.meta["revoked"] += [{"box_id": box_id, "serial": s, "revoked_at": iso(now)} for s in serials if s not in done]
+            self._write_crl(now)
         return serials
 
     def refresh_crl(self, now: dt.datetime | None = None) -> None:
-        self._write_crl(now or utcnow())
-        self._save()
+        with self._update():
+            self._write_crl(now or utcnow())
 
     def crl(self) -> x509.CertificateRevocationList:
         return x509.load_pem_x509_crl((self.folder / "crl.pem").read_bytes())
@@ -171,20 +174,21 @@ class Authority:
         now = now or utcnow()
         if what not in ("he", "signing"):
             raise ProvisioningError(f"Cannot rotate {what!r}. Fix: give --what he or --what signing.")
-        old = self._active(what)
-        old["status"], old["retired_at"] = "retired", iso(now)
-        old["verify_until" if what == "signing" else "usable_until"] = iso(now + dt.timedelta(days=verify_days))
-        version = self._new_signing(now) if what == "signing" else self._new_he(now, he.HeParams.from_dict(self.meta["he_params"]))
-        self._save()
-        return version
+        with self._update():
+            old = self._active(what)
+            old["status"], old["retired_at"] = "retired", iso(now)
+            old["verify_until" if what == "signing" else "usable_until"] = iso(now + dt.timedelta(days=verify_days))
+            return self._new_signing(now) if what == "signing" else self._new_he(now, he.HeParams.from_dict(self.meta["he_params"]))
 
     def sign(self, data: bytes) -> tuple[int, bytes]:
         """Sign a release manifest with the active model-signing key; returns (key version, signature)."""
+        self._reload()
         version = int(self._active("signing")["version"])
         return version, self._signing_key(version).sign(data)
 
     def signing_key(self, version: int) -> Ed25519PrivateKey:
         """The private signing key of ``version``, refused once retired (retired keys never sign again)."""
+        self._reload()
         entry = self._entry("signing", version)
         if entry["status"] != "active":
             raise ProvisioningError(f"Model-signing key v{version} was retired on {entry['retired_at']} and signs nothing new. Fix: sign with the active key (`Authority.sign`).")
@@ -192,12 +196,36 @@ class Authority:
 
     def he_public_context(self, version: int | None = None) -> bytes:
         """The coordinator's public CKKS context; a retired version only until its ``usable_until`` (to finish old rounds)."""
+        self._reload()
         entry = self._active("he") if version is None else self._entry("he", version)
         if entry["status"] != "active" and dt.datetime.fromisoformat(entry["usable_until"]) < utcnow():
             raise ProvisioningError(f"HE context v{entry['version']} was retired on {entry['retired_at']} and is past its usable-until date. Fix: use the active version.")
         return (self.folder / f"he-v{entry['version']}.public.tenseal").read_bytes()
 
     # --- internals --------------------------------------------------------------
+    @contextlib.contextmanager
+    def _update(self) -> Iterator[None]:
+        """Read-modify-write authority.json under an exclusive lock on the folder, so two commands never lose each other's records."""
+        fd = os.open(self.folder, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            self._reload(locked=True)
+            yield
+            self._save()
+        finally:
+            os.close(fd)  # closing the descriptor releases the lock
+
+    def _reload(self, *, locked: bool = False) -> None:
+        """Re-read the metadata: another command may have rotated or revoked since this one opened the authority."""
+        fd = -1 if locked else os.open(self.folder, os.O_RDONLY)
+        try:
+            if fd >= 0:
+                fcntl.flock(fd, fcntl.LOCK_SH)
+            self.meta = json.loads((self.folder / "authority.json").read_text(encoding="utf-8"))
+        finally:
+            if fd >= 0:
+                os.close(fd)
+
     def _entry(self, what: str, version: int) -> dict[str, Any]:
         entries: list[dict[str, Any]] = self.meta[what]
         for e in entries:
