@@ -498,10 +498,12 @@ class KioskServices:
         if fb.category_source == "radiologist" and user.role != "radiologist":
             raise KioskError("error.categories_source", f"role {user.role} entered categories as a radiologist")
         with transaction(self.db) as db:
-            res = db.execute("SELECT s.study_uid, r.model_version, r.triage FROM ingest_studies s LEFT JOIN infer_results r"
+            res = db.execute("SELECT s.study_uid, r.model_version, r.triage, r.status FROM ingest_studies s LEFT JOIN infer_results r"
                              " ON r.study_uid = s.study_uid WHERE s.study_uid = ?", [study_uid]).fetchone()
             if res is None:
                 raise NotFound("error.study_unknown", "No such study.")
+            if res[3] != "done" or res[2] is None:  # agreeing with no result would be a label about nothing
+                raise KioskError("error.feedback_no_result", "This study has no AI result to agree or disagree with.")
             db.execute("INSERT INTO kiosk_feedback (study_uid, username, role, agrees, birads, density, category_source, notes, model_version,"
                        " triage, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                        [study_uid, user.username, user.role, int(fb.agrees), fb.birads, fb.density, fb.category_source, fb.notes, res[1],

@@ -203,6 +203,14 @@ def test_an_incomplete_study_tops_the_worklist_in_its_own_colour(doctor: TestCli
     assert re.findall(r'class="name">([^<]+)<', html)[1] == "Ayşe ÇELİK"  # then priority, as before
 
 
+def test_no_agreement_is_recorded_for_a_study_without_a_result(doctor: TestClient, kiosk: Kiosk):
+    uid = _incomplete(kiosk)
+    html = doctor.get(f"/studies/{uid}").text
+    assert 'id="feedback-none"' in html and 'name="agrees"' not in html
+    r = doctor.post(f"/studies/{uid}/feedback", data={"_csrf": csrf_of(html), "agrees": "yes"})
+    assert r.status_code == 400 and "sonucu yok" in message_of(r.text) and kiosk.count("kiosk_feedback") == 0
+
+
 def test_every_printout_of_an_incomplete_study_says_so(doctor: TestClient, kiosk: Kiosk):
     uid = _incomplete(kiosk)
     for query in ("", "?print=1"):
