@@ -14,7 +14,10 @@ from pypdf import PdfReader
 from edge_agent.schema import MIGRATIONS
 from edge_agent.store import APPLICATION_ID, _statements, open_database
 from kiosk_ui import synthetic
+from kiosk_ui.i18n import catalog
 from kiosk_ui.model_info import parse
+from kiosk_ui.records import TRIAGES, Problem, study_problems
+from kiosk_ui.wording import problem_summary, problem_text
 
 from .conftest import Kiosk, csrf_of, message_of, sign_in
 
@@ -218,3 +221,24 @@ def test_every_printout_of_an_incomplete_study_says_so(doctor: TestClient, kiosk
         text = " ".join(PdfReader(io.BytesIO(r.content)).pages[0].extract_text().split())
         assert "EKSİK ÇEKİM" in text and "Sol MLO eksik." in text and "yapay zekâ sonucu ve skor yok" in text
         assert "Çekim skoru" not in text and "0,70" not in text
+
+
+# -- pure wording -----------------------------------------------------------------------------------------
+def test_problems_come_from_the_stored_views_and_the_workers_unreadable_reasons():
+    present = [("R", "CC"), ("L", "CC"), ("R", "MLO"), ("L", "MLO")]
+    reasons = ["view L-MLO missing", "unreadable: L-MLO: image could not be decoded (ValueError: x)"]
+    got = study_problems("incomplete", reasons, present)
+    assert got == (Problem("unreadable", "L", "MLO"),)  # arrived but unreadable: said once, as unreadable
+    t = catalog("tr")
+    assert problem_text(got[0], t) == "Sol MLO okunamadı; görüntüyü cihazdan yeniden gönderin ya da çekimi tekrarlayın."
+    assert problem_summary(study_problems("incomplete", [], present[:2]), t) == "Sağ MLO eksik, Sol MLO eksik"
+    assert study_problems("done", reasons, present) == () and study_problems("incomplete", [], present) == (Problem("other"),)
+
+
+def test_every_wording_key_built_at_run_time_is_in_both_catalogs():
+    keys = {f"side.{s}" for s in ("L", "R", "unknown")} | {f"referral.triage.{t}" for t in TRIAGES}
+    keys |= {f"incomplete.{k}{x}" for k in ("missing", "unreadable", "other") for x in ("", "_referral")}
+    keys |= {f"incomplete.short_{k}" for k in ("missing", "unreadable", "other")}
+    for lang in ("tr", "en"):
+        t = catalog(lang)
+        assert not [k for k in keys if k not in t.strings], lang
