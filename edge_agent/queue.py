@@ -22,6 +22,7 @@ stores its result.
 from __future__ import annotations
 
 import json
+import json.encoder
 import random
 import sqlite3
 import time
@@ -318,7 +319,21 @@ class JobQueue:
         return row[0] if row else None
 
 
-_encode: Callable[[Mapping[str, Any]], str] = json.JSONEncoder(separators=(",", ":"), sort_keys=True).encode
+_encoder = json.JSONEncoder(separators=(",", ":"), sort_keys=True)
+# The C encoder, built once (JSONEncoder.encode builds it, a closure and a dict again on every call). No cycle
+# check (markers=None): a payload that contains itself raises RecursionError instead of ValueError.
+_make_c_encoder: Any = getattr(json.encoder, "c_make_encoder", None)
+_c_encoder: Any = _make_c_encoder and _make_c_encoder(
+    None, _encoder.default, json.encoder.encode_basestring_ascii, None, ":", ",", True, False, True)
+
+
+def _encode(payload: Mapping[str, Any]) -> str:
+    """Compact, key-sorted, ASCII JSON: the same text as ``_encoder.encode``, at half the cost."""
+    if _c_encoder is None or isinstance(payload, str):  # encode() special-cases a bare string
+        return _encoder.encode(payload)
+    return "".join(_c_encoder(payload, 0))
+
+
 _scan: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
 
 
