@@ -39,7 +39,7 @@ from torch import nn
 from torch.nn import functional as F
 
 __all__ = ["LiteNet", "LiteClassifier", "BLOCKS", "KEY_MAP", "imagenet_state", "imagenet_weights_path",
-           "map_key", "WEIGHTS_LICENCE"]
+           "map_key", "WEIGHTS_LICENCE", "write_weights_notice"]
 
 #: (expand ratio, kernel, stride, in channels, out channels) of Lite0's 16 blocks.
 BLOCKS = (
@@ -74,6 +74,18 @@ WEIGHTS_LICENCE = (
     "(Copyright (c) 2020, ML Illustrated; Apache License 2.0; converted from the TensorFlow "
     "EfficientNet-Lite0 checkpoint, Copyright 2019 The TensorFlow Authors, Apache License 2.0)"
 )
+
+
+def write_weights_notice(folder) -> list[str]:
+    """Copy the weights' licence and NOTICE into a release folder (Apache-2.0 asks for both)."""
+    import shutil
+    from pathlib import Path
+
+    src = Path(__file__).resolve().parent / "third_party"
+    names = ["NOTICE.md", "LICENSE-efficientnet-lite0.md"]
+    for name in names:
+        shutil.copy(src / name, Path(folder) / name)
+    return names
 
 
 def map_key(name: str) -> str | None:

@@ -170,6 +170,11 @@ def build(final: Path, cv: Path, version: str, data: Path, out_root: Path, k: in
         "development_notes": notes.read_text().splitlines() if notes else [],
         "cv_repeats": [_repeat_summary(r) for r in repeats or []],
     }
+    if cfg.get("arch") == "lite0":  # ImageNet weights (Apache-2.0): licence and NOTICE travel with the release
+        from models.lite import WEIGHTS_LICENCE, write_weights_notice
+
+        info["weights_licence"] = WEIGHTS_LICENCE
+        write_weights_notice(out)
     n_women = len({r["woman"] for r in cv_rows})
     info.update(derive(cv_rows, info, describe_data(info, n_women)))  # the same selection for every release
     (out / "model.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
