@@ -35,12 +35,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge_agent.errors import IntegrityError, MammoError, ProvisioningError
-from edge_agent.settings import Settings
 from provisioning import he
 from provisioning.envelope import open_sealed, seal
 from provisioning.files import private_dir, write_atomic, write_new
 from provisioning.keystore import KdfParams
-from provisioning.kit import b64, he_aad, iso, seal_for, sign_kit, unb64
+from provisioning.kit import b64, check_kit_settings, he_aad, iso, seal_for, sign_kit, unb64
 from provisioning.pki import MAX_BOX_CERT_DAYS, cert_pem, fingerprint, issue_box_cert, key_fingerprint, make_ca, read_request
 from provisioning.revocation import build_crl
 
@@ -120,7 +119,7 @@ class Authority:
             _check_coordinator(coordinator)
         settings = dict(settings or {})
         try:
-            Settings.from_mapping(settings, source="the kit's initial settings")
+            check_kit_settings(settings)
         except MammoError as exc:
             raise ProvisioningError(f"Initial setting refused: {exc}") from None
         with self._update():
@@ -194,11 +193,11 @@ class Authority:
             raise ProvisioningError(f"Model-signing key v{version} was retired on {entry['retired_at']} and signs nothing new. Fix: sign with the active key (`Authority.sign`).")
         return self._signing_key(version)
 
-    def he_public_context(self, version: int | None = None) -> bytes:
+    def he_public_context(self, version: int | None = None, now: dt.datetime | None = None) -> bytes:
         """The coordinator's public CKKS context; a retired version only until its ``usable_until`` (to finish old rounds)."""
         self._reload()
         entry = self._active("he") if version is None else self._entry("he", version)
-        if entry["status"] != "active" and dt.datetime.fromisoformat(entry["usable_until"]) < utcnow():
+        if entry["status"] != "active" and dt.datetime.fromisoformat(entry["usable_until"]) < (now or utcnow()):
             raise ProvisioningError(f"HE context v{entry['version']} was retired on {entry['retired_at']} and is past its usable-until date. Fix: use the active version.")
         return (self.folder / f"he-v{entry['version']}.public.tenseal").read_bytes()
 

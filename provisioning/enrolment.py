@@ -30,7 +30,7 @@ from provisioning import he
 from provisioning.envelope import open_sealed, seal
 from provisioning.files import private_dir, write_atomic, write_new
 from provisioning.keystore import Keystore
-from provisioning.kit import RECOVER, Kit, check_kit, he_aad, iso, open_for, parse_kit
+from provisioning.kit import RECOVER, Kit, check_kit, check_kit_settings, he_aad, iso, open_for, parse_kit
 from provisioning.pki import cert_pem, make_csr, new_box_key, public_der
 
 KEY_FILE, PUB_FILE, KIT_FILE, SETTINGS_FILE = "box-key.sealed", "box-key.pub.pem", "kit.json", "settings.toml"
@@ -90,7 +90,7 @@ def install(raw: bytes, *, keystore: Keystore, folder: Path, pinned_authority: s
         raise KitRefused(f"The kit's HE context does not match its digest. Fix: have the kit issued again. {RECOVER}")
     try:
         he.load_context(secret, need_secret=True)
-        Settings.from_mapping(kit.settings, source="the kit's initial settings")
+        check_kit_settings(kit.settings)
     except (ProvisioningError, SettingsError) as exc:
         raise KitRefused(f"{exc} {RECOVER}") from None
     write_atomic(folder / SETTINGS_FILE, settings_toml(kit.settings).encode())

@@ -19,6 +19,7 @@ pinned authority and a clock in, a :class:`Kit` or ``KitRefused`` out.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -34,6 +35,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from edge_agent.errors import KitRefused, ProvisioningError
+from edge_agent.settings import Settings
 from provisioning.pki import box_id_of, fingerprint, key_fingerprint, public_der, signed_by
 
 FORMAT = "mammo-kit/1"
@@ -124,6 +126,16 @@ def open_for(private_key: ec.EllipticCurvePrivateKey, sealed: dict[str, str], aa
 
 def _kdf(shared: bytes, aad: bytes) -> bytes:
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"mammo-kit/1 he-secret " + aad).derive(shared)
+
+
+def check_kit_settings(values: dict[str, Any]) -> None:
+    """Refuse initial settings a kit must not carry: secrets (a kit is readable on the stick), where the box keeps its data,
+    and the box's own trust anchor (an authority must not be able to re-pin a box to another authority)."""
+    fields = {f.name: f for f in dataclasses.fields(Settings)}
+    banned = sorted(k for k in values if k == "home" or k.startswith(("provision_", "authority_")) or (k in fields and fields[k].metadata.get("secret")))
+    if banned:
+        raise ProvisioningError(f"A kit may not set {', '.join(banned)} (secrets, the data folder and the box's trust anchor stay local). Fix: set them on the box itself.")
+    Settings.from_mapping(values, source="the kit's initial settings")
 
 
 def he_aad(box_id: str, version: int) -> bytes:

@@ -204,3 +204,10 @@ def test_the_provisioning_folder_is_private(authority: Authority, box: Box):
     assert all(p.stat().st_mode & 0o777 == 0o600 for p in box.folder.iterdir())
     assert not [p for p in box.folder.iterdir() if p.name.endswith(".tmp")]
     assert os.path.getsize(box.folder / "kit.json") > 100_000  # the CKKS context travels inside
+
+
+@pytest.mark.parametrize(("setting", "value"), [("keystore_passphrase", "leaked"), ("provision_authority_fingerprint", "0" * 64), ("home", "/tmp/x"), ("queue_lease_s", "soon")])
+def test_a_kit_cannot_carry_secrets_the_trust_anchor_or_invalid_settings(authority: Authority, box: Box, setting: str, value: str):
+    with pytest.raises(ProvisioningError, match=f"Initial setting refused.*{setting}"):
+        authority.issue_kit(box.request(), settings={setting: value}, now=NOW)
+    assert json.loads((authority.folder / "authority.json").read_text())["issued"] == []

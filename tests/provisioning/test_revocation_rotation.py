@@ -123,5 +123,7 @@ def test_rotating_the_he_context_gives_new_kits_the_new_version_and_keeps_the_ol
     total = ts.ckks_vector_from(coordinator, ts.ckks_vector(clinic, [1.0, 2.0]).serialize()) * 2
     assert ts.ckks_vector_from(clinic, total.serialize()).decrypt() == pytest.approx([2.0, 4.0], abs=1e-3)
     assert authority.he_public_context(1) == (authority.folder / "he-v1.public.tenseal").read_bytes()  # kept for rounds in flight
+    with pytest.raises(ProvisioningError, match="past its usable-until date"):
+        authority.he_public_context(1, now=NOW + 15 * DAY)
     with pytest.raises(ProvisioningError, match="Cannot rotate"):
         authority.rotate("ca", now=NOW)
