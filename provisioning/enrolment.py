@@ -30,7 +30,7 @@ from provisioning import he
 from provisioning.envelope import open_sealed, seal
 from provisioning.files import private_dir, write_atomic, write_new
 from provisioning.keystore import Keystore
-from provisioning.kit import RECOVER, Kit, check_kit, check_kit_settings, he_aad, iso, open_for, parse_kit
+from provisioning.kit import RECOVER, Kit, SigningKey, check_kit, check_kit_settings, he_aad, iso, open_for, parse_kit
 from provisioning.pki import cert_pem, make_csr, new_box_key, public_der
 
 KEY_FILE, PUB_FILE, KIT_FILE, SETTINGS_FILE = "box-key.sealed", "box-key.pub.pem", "kit.json", "settings.toml"
@@ -132,6 +132,12 @@ def status(folder: Path, box_id: str | None, now: dt.datetime | None = None) -> 
         "model_signing_keys": [{"version": k.version, "status": k.status, "verify_until": iso(k.verify_until) if k.verify_until else None} for k in kit.signing_keys],
         "settings": kit.settings,
     }
+
+
+def model_signing_keys(folder: Path) -> tuple[SigningKey, ...]:
+    """The federation's model-signing public keys from the installed kit (empty when not enrolled), for ``kit.verify_release``."""
+    kit = installed_kit(folder)
+    return kit.signing_keys if kit else ()
 
 
 def certificate_pem(folder: Path) -> str | None:

@@ -211,3 +211,30 @@ def test_a_kit_cannot_carry_secrets_the_trust_anchor_or_invalid_settings(authori
     with pytest.raises(ProvisioningError, match=f"Initial setting refused.*{setting}"):
         authority.issue_kit(box.request(), settings={setting: value}, now=NOW)
     assert json.loads((authority.folder / "authority.json").read_text())["issued"] == []
+
+
+def test_issue_refuses_requests_that_are_junk_altered_or_not_p256(authority: Authority, box: Box):
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    with pytest.raises(ProvisioningError, match="not a certificate request"):
+        authority.issue_kit(b"hello", now=NOW)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, box.keystore.box_id)])
+    p384 = x509.CertificateSigningRequestBuilder().subject_name(name).sign(ec.generate_private_key(ec.SECP384R1()), hashes.SHA256())
+    with pytest.raises(ProvisioningError, match="not ECDSA P-256"):
+        authority.issue_kit(p384.public_bytes(serialization.Encoding.PEM), now=NOW)
+    bad_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "../../etc")])
+    odd = x509.CertificateSigningRequestBuilder().subject_name(bad_name).sign(ec.generate_private_key(ec.SECP256R1()), hashes.SHA256())
+    with pytest.raises(ProvisioningError, match="not a box id"):
+        authority.issue_kit(odd.public_bytes(serialization.Encoding.PEM), now=NOW)
+    assert json.loads((authority.folder / "authority.json").read_text())["issued"] == []
+
+
+def test_the_installed_kit_gives_the_box_its_model_signing_keys(authority: Authority, box: Box):
+    from provisioning.kit import verify_release
+
+    assert enrolment.model_signing_keys(box.folder) == ()
+    box.install(authority.issue_kit(box.request(), now=NOW))
+    version, signature = authority.sign(b"manifest")
+    assert verify_release(enrolment.model_signing_keys(box.folder), signature, b"manifest", NOW) == version == 1
