@@ -69,6 +69,8 @@ class Authority:
             raise ProvisioningError("The authority passphrase must have at least 8 characters. Fix: set MAMMO_AUTHORITY_PASSPHRASE or type a longer one.")
         if (folder / "authority.json").exists():
             raise ProvisioningError(f"{folder} already holds an authority; refusing to overwrite it. Fix: choose another folder, or use the existing one.")
+        if folder.exists() and any(folder.iterdir()):
+            raise ProvisioningError(f"{folder} is not empty (an interrupted init, or other files); refusing to mix an authority into it. Fix: give an empty or new folder.")
         private_dir(folder)
         salt = os.urandom(16)
         kek = _derive(passphrase, salt, kdf)

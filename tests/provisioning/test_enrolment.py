@@ -77,6 +77,9 @@ def test_wrong_authority_passphrase_is_refused_and_changes_nothing(authority: Au
     assert {p.name: p.read_bytes() for p in authority.folder.iterdir()} == before
     with pytest.raises(ProvisioningError, match="already holds an authority"):
         Authority.init(authority.folder, "federation-pw", kdf=FAST)
+    (authority.folder / "authority.json").unlink()  # as if init had been interrupted
+    with pytest.raises(ProvisioningError, match="not empty"):
+        Authority.init(authority.folder, "federation-pw", kdf=FAST)
 
 
 def test_installed_kit_enrols_the_box_and_its_he_context_decrypts_what_the_coordinator_summed(authority: Authority, box: Box):
