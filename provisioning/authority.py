@@ -2,7 +2,7 @@
 
 Layout (folder 0700, files 0600)::
 
-    authority.json            metadata: versions, issued certificates, revoked boxes, KDF salt
+    authority.json            metadata: versions, issued certificates, revoked boxes, KDF salt; HMAC-ed under the passphrase key
     ca.pem / ca.key.sealed    the federation CA (ECDSA P-256)
     crl.pem                   the CA-signed revocation list the coordinator enforces
     signing-vN.pub.pem / signing-vN.key.sealed     model-signing keys (Ed25519)
@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import fcntl
+import hmac
 import json
 import os
 from collections.abc import Iterator
@@ -30,9 +31,10 @@ from typing import Any
 
 from argon2.low_level import Type, hash_secret_raw
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from edge_agent.errors import IntegrityError, MammoError, ProvisioningError
 from provisioning import he
@@ -109,6 +111,7 @@ class Authority:
         if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
             raise ProvisioningError("ca.key.sealed holds no P-256 key. Fix: restore the authority folder from backup.")
         auth._ca_key = ca_key
+        auth._check_mac()
         return auth
 
     # --- enrolment ----------------------------------------------------------
@@ -223,6 +226,7 @@ class Authority:
             if fd >= 0:
                 fcntl.flock(fd, fcntl.LOCK_SH)
             self.meta = json.loads((self.folder / "authority.json").read_text(encoding="utf-8"))
+            self._check_mac()
         finally:
             if fd >= 0:
                 os.close(fd)
@@ -265,7 +269,20 @@ class Authority:
         write_atomic(self.folder / "crl.pem", crl.public_bytes(serialization.Encoding.PEM))
 
     def _save(self) -> None:
+        self.meta["mac"] = self._mac(self.meta)
         write_atomic(self.folder / "authority.json", json.dumps(self.meta, indent=2).encode())
+
+    def _mac(self, meta: dict[str, Any]) -> str:
+        """HMAC of the metadata under the passphrase-derived key: the revoked and issued lists cannot be edited behind
+        the operator's back (a box quietly dropped from the list would be un-revoked at the next CRL signing)."""
+        body = json.dumps({k: v for k, v in meta.items() if k != "mac"}, sort_keys=True).encode()
+        key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"mammo-authority/1 metadata mac").derive(self._kek)
+        return hmac.new(key, body, "sha256").hexdigest()
+
+    def _check_mac(self) -> None:
+        if not hmac.compare_digest(str(self.meta.get("mac", "")), self._mac(self.meta)):
+            raise ProvisioningError(f"{self.folder / 'authority.json'} was changed outside mammo (its issued or revoked lists cannot be trusted). "
+                                    "Fix: restore the authority folder from backup; nothing was signed.")
 
     def _seal_file(self, name: str, data: bytes, *, new: bool) -> None:
         blob = seal(self._kek, data, aad=f"{FORMAT}:{name}".encode())

@@ -127,3 +127,19 @@ def test_rotating_the_he_context_gives_new_kits_the_new_version_and_keeps_the_ol
         authority.he_public_context(1, now=NOW + 15 * DAY)
     with pytest.raises(ProvisioningError, match="Cannot rotate"):
         authority.rotate("ca", now=NOW)
+
+
+def test_an_edited_revocation_record_is_detected_before_anything_is_signed(authority: Authority, tmp_path: Path):
+    ks, request = _request(tmp_path / "box")
+    authority.issue_kit(request, now=NOW)
+    authority.revoke(ks.box_id, now=NOW)
+    meta_path = authority.folder / "authority.json"
+    meta = json.loads(meta_path.read_text())
+    meta["revoked"] = []  # someone with access to the folder, but not the passphrase, un-revokes the box
+    meta_path.write_text(json.dumps(meta))
+    crl_before = (authority.folder / "crl.pem").read_bytes()
+    with pytest.raises(ProvisioningError, match="changed outside mammo"):
+        Authority.open(authority.folder, "federation-pw")
+    with pytest.raises(ProvisioningError, match="changed outside mammo"):
+        authority.refresh_crl(now=NOW)
+    assert (authority.folder / "crl.pem").read_bytes() == crl_before
