@@ -52,8 +52,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     except DatasetError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    cfg = TrainConfig(epochs=args.epochs, seed=args.seed, threads=args.threads, lr=args.lr, pair=args.pair,
-                      synthetic_pretrain=args.synthetic_pretrain)
+    chosen = {"epochs": args.epochs, "lr": args.lr, "pair": args.pair, "synthetic_pretrain": args.synthetic_pretrain}
+    cfg = TrainConfig(seed=args.seed, threads=args.threads, **{k: v for k, v in chosen.items() if v is not None})
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     arrays = build_arrays(records)
@@ -134,20 +134,23 @@ def cmd_bench_infer(args: argparse.Namespace) -> int:
 
 
 def register(subparsers, bench_subparsers) -> None:
-    """Add ``train``, ``eval`` and ``bench infer`` to the project CLI."""
-    from models.training import TrainConfig
+    """Add ``train``, ``eval`` and ``bench infer`` to the project CLI.
 
+    Nothing heavy is imported here: every ``mammo`` command builds this parser,
+    and importing torch (via ``models.training``) would cost every command ~2 s.
+    Unset recipe options (None) take ``TrainConfig``'s defaults in :func:`cmd_train`.
+    """
     p = subparsers.add_parser("train", help="cross-validate or train the screening model")
     p.add_argument("--data", type=Path, default=_default_data(),
                    help="folder with images/ + images.csv (+ labels.csv); default ../shared/data/mias")
     p.add_argument("--out", type=Path, default=Path("runs/train"), help="output folder (checkpoints, metrics)")
     p.add_argument("--seed", type=int, default=0, help="seed for weights, order and augmentation")
-    p.add_argument("--epochs", type=int, default=TrainConfig.epochs)
-    p.add_argument("--lr", type=float, default=TrainConfig.lr)
-    p.add_argument("--pair", action=argparse.BooleanOptionalAction, default=TrainConfig.pair,
+    p.add_argument("--epochs", type=int, default=None, help="default: the recipe's (models.training.TrainConfig)")
+    p.add_argument("--lr", type=float, default=None, help="default: the recipe's")
+    p.add_argument("--pair", action=argparse.BooleanOptionalAction, default=None,
                    help="also feed the same woman's other breast (contralateral comparison)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a busy 2-core box)")
-    p.add_argument("--synthetic-pretrain", type=int, default=TrainConfig.synthetic_pretrain,
+    p.add_argument("--synthetic-pretrain", type=int, default=None,
                    help="pretrain on this many synthetic mammograms first (0 = off)")
     p.add_argument("--cv", action="store_true", help="woman-level k-fold CV instead of the final model")
     p.add_argument("--k", type=int, default=5)

@@ -63,3 +63,12 @@ def test_bench_queue_soak_reports_lost_and_duplicated(tmp_path):
     out = last_json(r.stdout)
     assert r.returncode == 0, r.stderr
     assert (out["lost"], out["duplicated"], out["sigkill_cycles"]) == (0, 0, 20)
+
+
+def test_building_the_command_list_imports_no_heavy_library():
+    """Every `mammo` call builds the whole parser: torch or textual there would cost seconds per command."""
+    code = ("import sys; from edge_agent.cli import build_parser; build_parser(); "
+            "print(sorted(m for m in ('torch', 'textual', 'onnxruntime', 'tenseal', 'flwr') if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"
