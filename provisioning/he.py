@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Any
-
-import tenseal as ts
+from typing import TYPE_CHECKING, Any
 
 from edge_agent.errors import ProvisioningError
+
+if TYPE_CHECKING:  # tenseal costs ~0.2 s to import: every `mammo` command would pay it
+    import tenseal as ts
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,8 @@ class HeMaterial:
 
 
 def make_material(params: HeParams = HeParams()) -> HeMaterial:
+    import tenseal as ts
+
     ctx = ts.context(ts.SCHEME_TYPE.CKKS, params.poly_modulus_degree, coeff_mod_bit_sizes=list(params.coeff_mod_bit_sizes))
     ctx.global_scale = 2.0**params.global_scale_bits
     secret = ctx.serialize(save_secret_key=True, save_galois_keys=False, save_relin_keys=False)
@@ -58,6 +61,8 @@ def sha256(data: bytes) -> str:
 
 def load_context(data: bytes, *, need_secret: bool) -> ts.Context:
     """Deserialise a context, refusing one that lacks the secret key when a clinic's is expected."""
+    import tenseal as ts
+
     try:
         ctx = ts.context_from(data)
     except Exception as exc:  # TenSEAL raises bare ValueError/RuntimeError from C++
