@@ -10,6 +10,7 @@ predictions to ``<out>/fold<k>.json`` so folds can run in separate processes
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import asdict
 from pathlib import Path
 
@@ -142,6 +143,40 @@ def compare_rows(rows: list[dict], beta: float = CONTRALATERAL_BETA, n_boot: int
             "woman_auc": auc(wy, ws, women)}
 
 
+def paired_difference(rows_a: list[dict], rows_b: list[dict], beta: float = CONTRALATERAL_BETA,
+                      n_boot: int = 2000, seed: int = 0) -> dict:
+    """AUC of B minus AUC of A on the same images, with a 95% CI from resampling women (paired)."""
+    a = {r["ref"]: r for r in add_contralateral(rows_a, beta)}
+    b = {r["ref"]: r for r in add_contralateral(rows_b, beta)}
+    refs = sorted(set(a) & set(b))
+    wa, wya, wsa = woman_scores([a[r] for r in refs])
+    wb, _, wsb = woman_scores([b[r] for r in refs])
+    assert wa == wb
+    y = np.array([a[r]["abnormal"] for r in refs])
+    g = np.array([a[r]["woman"] for r in refs])
+    s = {k: (np.array([a[r][k] for r in refs]), np.array([b[r][k] for r in refs])) for k in ("p_abnormal", "suspicion")}
+    uniq = sorted(set(g.tolist()))
+    members = {w: np.nonzero(g == w)[0] for w in uniq}
+    wy, wsa, wsb = np.array(wya), np.array(wsa), np.array(wsb)
+
+    def diffs(img_idx, w_idx):
+        out = {f"image_{k}": roc_auc(y[img_idx], sb[img_idx]) - roc_auc(y[img_idx], sa[img_idx]) for k, (sa, sb) in s.items()}
+        out["woman"] = roc_auc(wy[w_idx], wsb[w_idx]) - roc_auc(wy[w_idx], wsa[w_idx])
+        return out
+
+    point = diffs(np.arange(len(refs)), np.arange(len(uniq)))
+    rng = np.random.default_rng(seed)
+    boots: dict[str, list[float]] = {k: [] for k in point}
+    for _ in range(n_boot):
+        pick = rng.integers(0, len(uniq), len(uniq))
+        d = diffs(np.concatenate([members[uniq[i]] for i in pick]), pick)
+        for k, v in d.items():
+            if v == v:
+                boots[k].append(v)
+    return {k: {"value": point[k], "ci95": [float(np.quantile(boots[k], 0.025)), float(np.quantile(boots[k], 0.975))]}
+            for k in point}
+
+
 def _cv_rows(out: Path, folds) -> list[dict]:
     rows: list[dict] = []
     for f in folds:
@@ -149,6 +184,25 @@ def _cv_rows(out: Path, folds) -> list[dict]:
         if path.exists():
             rows += json.loads(path.read_text())["rows"]
     return rows
+
+
+def compare_main(paths: list[str]) -> int:
+    """``python -m models.crossval compare DIR...``: one JSON line per CV folder or release folder.
+
+    Each folder's ``cv_predictions.json`` (or its ``fold*.json``) gives
+    image-level and woman-level AUCs with 95% CIs (2000 resamples of women);
+    then each later folder's paired AUC difference against the first.
+    """
+    sets = []
+    for p in map(Path, paths):
+        pred = p / "cv_predictions.json"
+        rows = json.loads(pred.read_text()) if pred.exists() else _cv_rows(p, range(5))
+        cfg = json.loads((p / "fold0.json").read_text())["config"] if (p / "fold0.json").exists() else None
+        sets.append(rows)
+        print(json.dumps({"folder": str(p), "seed": cfg["seed"] if cfg else None, **compare_rows(rows)}))
+    for p, rows in zip(paths[1:], sets[1:], strict=True):
+        print(json.dumps({"paired_difference": f"{p} minus {paths[0]}", **paired_difference(sets[0], rows)}))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -167,6 +221,9 @@ def main(argv: list[str] | None = None) -> int:
     from models.data import read_folder, shared_data_dir
     from models.training import build_arrays, pretrain_state
 
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["compare"]:
+        return compare_main(argv[1:])
     ap = argparse.ArgumentParser(prog="python -m models.crossval")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--data", type=Path, default=shared_data_dir() / "mias")
@@ -236,6 +293,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    import sys
-
     sys.exit(main())

@@ -114,3 +114,25 @@ def test_lite0_recipe_starts_from_imagenet_and_learns(tiny_arrays):
     assert float((fresh - w0).abs().mean()) > 0.5 * float(w0.abs().mean())
     _, lmap = model(torch.from_numpy(tiny_arrays.images[:1])[:, None])
     assert lmap.shape == (1, 2, SIZE // 8, SIZE // 8)
+
+
+def test_woman_score_is_her_most_suspicious_image_and_a_model_ties_with_itself():
+    from models.crossval import compare_rows, paired_difference, woman_scores
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for w in range(30):
+        sick = int(w % 3 == 0)
+        for side in range(2):
+            ab = int(sick and side == 0)
+            rows.append({"ref": f"m{2 * w + side}", "woman": str(w), "abnormal": ab,
+                         "p_abnormal": float(np.clip(0.3 + 0.3 * ab + rng.normal(0, 0.15), 0, 1))})
+    women, y, s = woman_scores([{**r, "suspicion": r["p_abnormal"]} for r in rows])
+    assert len(women) == 30 and sum(y) == 10
+    assert s[women.index("0")] == max(rows[0]["p_abnormal"], rows[1]["p_abnormal"])
+    m = compare_rows(rows, n_boot=50)
+    assert m["n_women"] == 30 and m["woman_auc"]["value"] > 0.5
+    d = paired_difference(rows, rows, n_boot=50)
+    assert d["woman"]["value"] == 0 and d["woman"]["ci95"] == [0.0, 0.0]
+    worse = [{**r, "p_abnormal": float(rng.random())} for r in rows]
+    assert paired_difference(rows, worse, n_boot=50)["image_p_abnormal"]["value"] < 0
