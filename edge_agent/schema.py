@@ -289,11 +289,70 @@ KIOSK = [
     ALTER TABLE kiosk_feedback_v3 RENAME TO kiosk_feedback;
     CREATE INDEX kiosk_feedback_study ON kiosk_feedback (study_uid, created_at);
     """,
+    # 4: the kiosk's audit rows move into the box-wide hash-chained audit_log (edge_agent.audit), in their order, unsealed:
+    #    the first append or `mammo audit verify` chains them. kiosk_audit stays as a read-only view of the whole trail
+    #    for the audit page (a kiosk row's text is details.detail).
+    """
+    INSERT INTO audit_log (seq, at, actor, action, object, details, prev_hash, hash)
+        SELECT (SELECT coalesce(max(seq), 0) FROM audit_log) + row_number() OVER (ORDER BY id), at, username, action, study_uid,
+               CASE WHEN detail IS NULL OR detail = '' THEN '{}' ELSE json_object('detail', detail) END, NULL, NULL
+        FROM kiosk_audit ORDER BY id;
+    DROP TABLE kiosk_audit;
+    CREATE VIEW kiosk_audit AS
+        SELECT seq AS id, at, actor AS username, action, object AS study_uid,
+               CASE WHEN details = '{}' THEN '' ELSE coalesce(json_extract(details, '$.detail'), details) END AS detail
+        FROM audit_log;
+    """,
 ]
 
+AUDIT = [
+    # 1: the box's hash-chained audit trail (owned by edge_agent.audit): each entry's hash covers its fields and the
+    #    previous entry's hash; audit_checkpoints holds the box identity key's signatures over the hash at some entries.
+    #    Triggers refuse UPDATE and DELETE, except the one-time sealing of entries copied in from before the chain
+    #    (hash still NULL). Anyone who can write the file can drop a trigger: the chain and the signed checkpoints are
+    #    what detect that; the triggers only stop honest code and casual sqlite3 sessions.
+    """
+    CREATE TABLE audit_log (
+        seq INTEGER PRIMARY KEY,
+        at REAL NOT NULL,
+        actor TEXT NOT NULL,
+        action TEXT NOT NULL,
+        object TEXT,
+        details TEXT NOT NULL DEFAULT '{}',
+        prev_hash TEXT,
+        hash TEXT
+    );
+    CREATE INDEX audit_log_actor ON audit_log (actor COLLATE NOCASE, seq);
+    CREATE INDEX audit_log_action ON audit_log (action, seq);
+    CREATE INDEX audit_log_at ON audit_log (at);
+    CREATE INDEX audit_log_object ON audit_log (object, at);
+    CREATE TABLE audit_checkpoints (
+        seq INTEGER PRIMARY KEY,
+        hash TEXT NOT NULL,
+        at REAL NOT NULL,
+        box_id TEXT NOT NULL,
+        key_sha256 TEXT NOT NULL,
+        signature TEXT NOT NULL
+    );
+    CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
+    BEGIN SELECT RAISE(ABORT, 'audit_log is append-only: entries cannot be deleted'); END;
+    CREATE TRIGGER audit_log_no_update BEFORE UPDATE ON audit_log
+    WHEN OLD.hash IS NOT NULL OR NEW.seq IS NOT OLD.seq OR NEW.at IS NOT OLD.at OR NEW.actor IS NOT OLD.actor
+         OR NEW.action IS NOT OLD.action OR NEW.object IS NOT OLD.object OR NEW.details IS NOT OLD.details
+    BEGIN SELECT RAISE(ABORT, 'audit_log is append-only: entries cannot be changed'); END;
+    CREATE TRIGGER audit_checkpoints_no_delete BEFORE DELETE ON audit_checkpoints
+    BEGIN SELECT RAISE(ABORT, 'audit_checkpoints is append-only'); END;
+    CREATE TRIGGER audit_checkpoints_no_update BEFORE UPDATE ON audit_checkpoints
+    BEGIN SELECT RAISE(ABORT, 'audit_checkpoints is append-only'); END;
+    """,
+]
+
+# "audit" precedes "kiosk": kiosk migration 4 moves the kiosk's rows into audit_log, which must exist by then on an
+# upgraded box as on a new one (each component's scripts run in turn, in this order).
 MIGRATIONS: dict[str, list[str]] = {
     "queue": QUEUE,
     "ingest": INGEST,
     "infer": INFER,
+    "audit": AUDIT,
     "kiosk": KIOSK,
 }

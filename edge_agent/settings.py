@@ -29,7 +29,7 @@ from edge_agent.errors import SettingsError
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_HOME = REPO_ROOT / "var"
 ENV_PREFIX = "MAMMO_"
-SECTIONS = ("box", "keystore", "queue", "db", "log", "kiosk", "dicom", "ingest", "infer", "sync", "provision", "authority")
+SECTIONS = ("box", "keystore", "queue", "db", "audit", "log", "kiosk", "dicom", "ingest", "infer", "sync", "provision", "authority")
 
 
 def setting(default: Any, help: str, *, check: typing.Callable[[Any], bool] | None = None, fix: str = "", secret: bool = False) -> Any:
@@ -93,6 +93,7 @@ class Settings:
     queue_backoff_cap_s: float = setting(600.0, "Upper bound of the retry delay in seconds.", check=_positive, fix="a number of seconds > 0")
     # --- db -----------------------------------------------------------------
     db_max_size_mb: int = setting(0, "Hard cap on the box database size in MiB (0 = only the disk limits it).", check=lambda v: v >= 0, fix="an integer >= 0")
+    audit_checkpoint_every: int = setting(1000, "The box identity key signs a checkpoint of the audit trail every this many entries (and at each `mammo audit verify` and `export`); a tail cut below the newest checkpoint is detected. 0 signs only at verify and export.", check=lambda v: v >= 0, fix="an integer >= 0")
     # --- log ----------------------------------------------------------------
     log_level: str = setting(
         "INFO", "Log level of the box daemon.",

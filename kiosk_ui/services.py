@@ -21,6 +21,7 @@ from pathlib import Path
 
 import sqlite_utils
 
+from edge_agent import audit as audit_trail
 from edge_agent.errors import AuthError, KioskError, NotFound, StoreError, TooManyAttempts
 from edge_agent.inference.activation import SHIPPED_DIR
 from edge_agent.ingest.image_store import ImageStore
@@ -131,6 +132,7 @@ class KioskServices:
         self._png = _Lru(256)
         self._models: dict[tuple[str, str, float], model_info.ModelInfo] = {}
         self.shipped_models = SHIPPED_DIR
+        self.audit_signer: audit_trail.Signer | None = None  # the box key signs the trail's checkpoints (set by from_box)
 
     @classmethod
     def from_box(cls, box, **kw) -> KioskServices:
@@ -138,7 +140,9 @@ class KioskServices:
         queue = JobQueue(db, box.queue.policy)
         # In the daemon, uploads go through the ingest workers (hard per-file time limit); alone, in process.
         ingest = IngestService(db=db, keystore=box.keystore, queue=queue, settings=box.settings, pool=box.ingest_pool)
-        return cls(box.settings, db, ingest, **kw)
+        services = cls(box.settings, db, ingest, **kw)
+        services.audit_signer = box.keystore
+        return services
 
     def close(self) -> None:
         self.db.conn.close()
@@ -281,8 +285,9 @@ class KioskServices:
 
     # -- audit ----------------------------------------------------------------------------------
     def _audit(self, db: sqlite_utils.Database, username: str, action: str, study_uid: str | None, detail: str) -> None:
-        db.execute("INSERT INTO kiosk_audit (at, username, action, study_uid, detail) VALUES (?, ?, ?, ?, ?)",
-                   [self.clock(), username, action, study_uid, detail])
+        """One entry in the box's hash-chained trail (edge_agent.audit), inside the caller's transaction."""
+        audit_trail.append(db, username, action, study_uid, {"detail": detail} if detail else {}, at=self.clock(),
+                           signer=self.audit_signer, checkpoint_every=self.settings.audit_checkpoint_every)
 
     def audit(self, username: str, action: str, study_uid: str | None = None, detail: str = "") -> None:
         with transaction(self.db) as db:
