@@ -172,6 +172,15 @@ class InferenceHandler:
         timing.views_ready = sum(ready for _, ready in got)
         return [result for result, _ in got]
 
+    def prepare_offered(self, keys: list[tuple[str, int]]) -> int:
+        """Prepare views ingest just handed over (``WorkImages.wait``), before their rows are even committed."""
+        ahead = StudyTiming("(prepared ahead)", time.monotonic())
+        for digest, size in keys:
+            self.views.get(digest, size, lambda d, s: self._prepare(d, s, ahead))
+            if self.work_images is not None:
+                self.work_images.take(digest, size)  # already prepared (a re-sent view): the offer is not needed
+        return len(keys)
+
     def prepare_ahead(self) -> int:
         """Prepare the views stored since the last call, before their study's job exists (see viewcache)."""
         try:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections import Counter
+from collections.abc import Callable
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -40,12 +41,16 @@ def derived_uid(*parts: str) -> str:
     return f"2.25.{int.from_bytes(digest, 'big')}"
 
 
-def fix_uids(ds: Dataset, content_digest: str) -> list[Fix]:
+def fix_uids(ds: Dataset, content_digest: str | Callable[[], str]) -> list[Fix]:
+    """``content_digest`` (the file's SHA-256, or a function giving it) seeds a missing SOP Instance UID; a function
+    is called only then (hashing a 27 MB detector image costs about 25 ms, and nearly every file has its UID)."""
     fixes: list[Fix] = []
-    seeds = {
-        "StudyInstanceUID": (str(ds.get("PatientID", "")), str(ds.get("StudyDate", "")), str(ds.get("AccessionNumber", "")), str(ds.get("StudyID", ""))),
-        "SeriesInstanceUID": (str(ds.get("StudyInstanceUID", "")), str(ds.get("Modality", "")), str(ds.get("SeriesNumber", ""))),
-        "SOPInstanceUID": (content_digest,),
+    study_seed = (str(ds.get("PatientID", "")), str(ds.get("StudyDate", "")), str(ds.get("AccessionNumber", "")), str(ds.get("StudyID", "")))
+    series_seed = (str(ds.get("StudyInstanceUID", "")), str(ds.get("Modality", "")), str(ds.get("SeriesNumber", "")))  # as sent
+    seeds: dict[str, Callable[[], tuple[str, ...]]] = {
+        "StudyInstanceUID": lambda: study_seed,
+        "SeriesInstanceUID": lambda: series_seed,
+        "SOPInstanceUID": lambda: (content_digest if isinstance(content_digest, str) else content_digest(),),
     }
     for kw, seed in seeds.items():
         value = ds.get(kw)
@@ -55,7 +60,7 @@ def fix_uids(ds: Dataset, content_digest: str) -> list[Fix]:
             new = derived_uid("invalid", kw, str(value))
             fixes.append(Fix("uid_invalid", f"{kw} was not a valid UID; replaced with a stable derived UID.", kw))
         else:
-            new = derived_uid("missing", kw, *seed)
+            new = derived_uid("missing", kw, *seed())
             fixes.append(Fix("uid_missing", f"{kw} was missing; generated a stable UID from the file's content.", kw))
         setattr(ds, kw, new)
     return fixes
@@ -279,6 +284,6 @@ def summarise(fixes: list[Fix]) -> list[Fix]:
     return out
 
 
-def apply_all(ds: Dataset, pixels: np.ndarray | None, content_digest: str) -> list[Fix]:
+def apply_all(ds: Dataset, pixels: np.ndarray | None, content_digest: str | Callable[[], str]) -> list[Fix]:
     """Every rule in order; the pixels (as decoded, MONOCHROME1 not inverted) are read, never changed."""
     return fix_uids(ds, content_digest) + fix_sop_class(ds) + fix_photometric(ds) + fix_mammo_view(ds, pixels)

@@ -185,7 +185,7 @@ def _run(data: bytes, options: Options, allow: frozenset[str], work_size: int | 
         ds, fixes = decoded.ds, list(decoded.fixes)
         if decoded.pixels is None and "no_pixel_data" not in allow:
             raise reader.not_an_image(ds)
-        more = autofix.apply_all(ds, decoded.pixels, sha256(data))
+        more = autofix.apply_all(ds, decoded.pixels, lambda: sha256(data))  # hashed only to seed a missing SOP Instance UID
         fixes = autofix.summarise(fixes + more)
         check_burned_in = options.quarantine_burned_in
         if str(ds.get("BurnedInAnnotation", "")).upper() == "YES" and check_burned_in and "burned_in_annotation" not in allow:

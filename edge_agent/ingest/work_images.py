@@ -36,6 +36,7 @@ class WorkImages:
         self.size: int | None = None  # set by the inference component once its model is loaded; None: make none
         self._offers: OrderedDict[tuple[str, int], WorkImage] = OrderedDict()
         self._lock = threading.Lock()
+        self._arrived = threading.Condition(self._lock)
         self.offered = 0
         self.taken = 0
 
@@ -45,6 +46,14 @@ class WorkImages:
             self.offered += 1
             while len(self._offers) > self.capacity:
                 self._offers.popitem(last=False)
+            self._arrived.notify_all()
+
+    def wait(self, timeout_s: float) -> list[tuple[str, int]]:
+        """The offers not yet taken, once there is one (or ``timeout_s`` passed): inference prepares them at once."""
+        with self._arrived:
+            if not self._offers:
+                self._arrived.wait(timeout_s)
+            return list(self._offers)
 
     def take(self, digest: str, size: int) -> WorkImage | None:
         """The offered work image of this view at this input size, once (None when there is none)."""

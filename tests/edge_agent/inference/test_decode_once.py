@@ -77,3 +77,16 @@ def test_real_size_work_image_from_ingest_is_the_one_inference_would_decode(box,
     a, b = preprocess(handed, size), preprocess(own, size)
     d = np.abs(a.image - b.image)
     assert d.mean() < 0.012 and np.percentile(d, 99) < 0.08 and (a.mask != b.mask).mean() < 0.005
+
+
+def test_views_handed_over_are_prepared_at_once_and_the_job_finds_them_ready(box, handoff):
+    work_images, ingest, handler = handoff
+    patient, uid = mg.fake_patient(64), mg._uid("decode-once", 64)
+    results = [ingest.ingest_bytes(mg.to_bytes(mg.mammogram(mg.synthetic_pixels(640 + i, lat, 256), patient=patient, laterality=lat,
+                                                             view=view, study_uid=uid, instance_number=i + 1, seed=64)), source="test")
+               for i, (lat, view) in enumerate(mg.SCREENING_VIEWS)]
+    keys = work_images.wait(0.0)
+    assert sorted(keys) == sorted((r.digest, work_images.size) for r in results)
+    assert handler.prepare_offered(keys) == 4 and len(work_images) == 0 and work_images.wait(0.0) == []
+    assert Worker(box.queue, "infer", handler, name="test").run(drain=True).done == 1
+    assert handler.timings[-1].views_ready == 4 and result_of(box.db, results[0].study_uid)["status"] == "done"

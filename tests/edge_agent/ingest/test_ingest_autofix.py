@@ -20,6 +20,22 @@ def _codes(fixes) -> set[str]:
     return {f.code for f in fixes}
 
 
+def test_the_file_is_hashed_only_to_seed_a_missing_sop_instance_uid():
+    """Hashing a detector image costs ~25 ms: the digest is asked for only when the UID it seeds is missing."""
+    asked: list[int] = []
+
+    def digest() -> str:
+        asked.append(1)
+        return "digest-2"
+
+    complete = _mg()
+    assert autofix.fix_uids(complete, digest) == [] and asked == []
+    missing = _mg()
+    del missing.SOPInstanceUID
+    assert _codes(autofix.fix_uids(missing, digest)) == {"uid_missing"} and asked == [1]
+    assert missing.SOPInstanceUID == autofix.derived_uid("missing", "SOPInstanceUID", "digest-2")
+
+
 def test_missing_and_invalid_uids_get_stable_replacements():
     a, b = _mg(), _mg()
     for ds in (a, b):
