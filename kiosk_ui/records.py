@@ -219,10 +219,11 @@ class AuditEntry:
 
 
 AUDIT_PAGE_SIZE = 100
-# Every action the kiosk writes to its audit trail, in the order the filter offers them.
+# Every action in the box's audit trail (edge_agent.audit), in the order the filter offers them: the kiosk's, then the box's.
 AUDIT_ACTIONS = ("login", "login_failed", "login_locked", "account_locked", "login_throttled", "logout", "session_expired",
                  "view_worklist", "search_worklist", "view_study", "view_image", "print_referral", "export_referral",
-                 "feedback", "upload", "user_add", "user_passwd", "user_unlock")
+                 "feedback", "upload", "user_add", "user_passwd", "user_unlock",
+                 "provision_install", "model_activate", "audit_export")
 
 
 @dataclass(frozen=True)

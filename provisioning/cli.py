@@ -120,8 +120,23 @@ def cmd_install(args: argparse.Namespace) -> int:
     folder = enrolment.folder_of(args.settings)
     kit = enrolment.install(raw, keystore=ks, folder=folder, pinned_authority=args.settings.provision_authority_fingerprint)
     st = enrolment.status(folder, ks.box_id)
+    _audit(args.settings, ks, "provision_install", {"kit": args.kit.name, "certificate_expires": st.get("certificate_expires"),
+                                                     "authority": st.get("authority_fingerprint"), "coordinator": kit.coordinator})
     emit(args, st, f"Box {kit.box_id} enrolled: certificate valid until {st['certificate_expires']} ({st['days_left']} days), coordinator {kit.coordinator or 'not set'}.")
     return EXIT_OK
+
+
+def _audit(settings: Settings, ks: FileKeystore, action: str, details: dict[str, Any]) -> None:
+    """Enrolment is an entry of the box's audit trail (edge_agent.audit); the box key signs the trail's checkpoints."""
+    from edge_agent import audit  # late: the authority commands, on the authority's laptop, have no box database
+    from edge_agent.audit_cli import cli_actor
+    from edge_agent.store import open_database
+
+    db = open_database(settings.db_path, max_size_mb=settings.db_max_size_mb)
+    try:
+        audit.append(db, cli_actor(), action, ks.box_id, details, signer=ks, checkpoint_every=settings.audit_checkpoint_every)
+    finally:
+        db.conn.close()
 
 
 def cmd_status(args: argparse.Namespace) -> int:

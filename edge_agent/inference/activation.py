@@ -25,6 +25,7 @@ from typing import Any, cast
 import numpy as np
 import sqlite_utils
 
+from edge_agent import audit
 from edge_agent.errors import ModelError
 from edge_agent.settings import Settings
 from edge_agent.store import transaction
@@ -175,6 +176,7 @@ class ModelRegistry:
                 "INSERT INTO model_activations (version, path, manifest_sha256, activated_at, activated_by, reason, selftest) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 [release.version, str(path), digest, now, by, reason, json.dumps(selftest)],
             )
+            audit.append(db, by, "model_activate", release.version, {"reason": reason, "manifest_sha256": digest, "path": str(path)}, at=now)
         log.info("model %s activated by %s (%s)", release.version, by, reason)
         return Activation(cast(int, cur.lastrowid), release.version, path, digest, now, by, reason, selftest)
 

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from edge_agent.store import open_database
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -63,3 +65,8 @@ def test_a_box_is_enrolled_by_kit_through_the_cli_and_a_tampered_kit_is_refused(
     assert len(st["he_context_sha256"]) == 64 and len(st["model_signing_key_fingerprint"]) == 64
     assert set(st) >= {"certificate_expires", "he_version", "model_signing_version"}
     assert st["settings"] == {"box_name": "Talas ASM"}
+    r = mammo(env, "audit", "verify", "--json")  # the enrolment is in the box's audit trail, which holds
+    assert r.returncode == 0 and json.loads(r.stdout.splitlines()[-1])["entries"] == 1
+    db = open_database(tmp_path / "box" / "box.sqlite3")
+    assert db.execute("SELECT action, object FROM audit_log").fetchall() == [("provision_install", box_id)]
+    db.conn.close()
