@@ -29,7 +29,7 @@ from edge_agent.errors import SettingsError
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_HOME = REPO_ROOT / "var"
 ENV_PREFIX = "MAMMO_"
-SECTIONS = ("box", "keystore", "queue", "db", "audit", "log", "kiosk", "dicom", "ingest", "infer", "sync", "provision", "authority")
+SECTIONS = ("box", "keystore", "queue", "db", "audit", "log", "kiosk", "console", "dicom", "ingest", "infer", "sync", "provision", "authority")
 
 
 def setting(default: Any, help: str, *, check: typing.Callable[[Any], bool] | None = None, fix: str = "", secret: bool = False) -> Any:
@@ -117,6 +117,8 @@ class Settings:
     kiosk_online_probe: str = setting("", "host:port probed (TCP, 1 s timeout, every 30 s) to show online/offline in the status bar; empty means the box shows offline until sync is configured.")
     kiosk_tls_certfile: Path | None = setting(None, "TLS certificate (PEM) for the kiosk; with kiosk_tls_keyfile it serves HTTPS and marks session cookies Secure.")
     kiosk_tls_keyfile: Path | None = setting(None, "TLS private key (PEM) matching kiosk_tls_certfile.")
+    # --- console (owned by edge_agent.console) ------------------------------
+    console_language: str = setting("tr", "Language of the technician's console, `mammo console` (tr or en); `--lang` overrides it and the l key switches while it runs.", check=lambda v: v in {"tr", "en"}, fix="tr or en")
     # --- infer ----------------------------------------------------------------
     infer_profile: str | None = setting(None, "Force a hardware profile by name (see `mammo hw detect`); unset = chosen from what the machine offers. A forced profile that cannot run falls back to cpu-small, visibly.")
     infer_tflite_delegate: str | None = setting(None, "Path of a TFLite external delegate library (an NPU's) to use before searching the usual library folders.")
