@@ -300,3 +300,30 @@ def verify(db: sqlite_utils.Database, signer: Signer | None = None) -> Report:
         checkpoint(db, signer, report.head_seq, report.head_hash)
         report = Report(**{**report.as_dict(), "checkpoints": len(checkpoints(db))})
     return report
+
+
+# -- configuration ---------------------------------------------------------------------------------
+
+def config_changes(previous: Mapping[str, Any], current: Mapping[str, Any]) -> dict[str, list[Any]]:
+    """Each setting whose value differs, as ``[old, new]`` (None where a setting is new or gone); pure."""
+    names = sorted(set(previous) | set(current))
+    return {n: [previous.get(n), current.get(n)] for n in names if previous.get(n) != current.get(n)}
+
+
+def record_config(db: sqlite_utils.Database, settings: Mapping[str, Any], actor: str, *, signer: Signer | None = None,
+                  checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY) -> Entry | None:
+    """Audit the settings the box starts with when they differ from the last ones audited; None when unchanged.
+
+    Settings come from a TOML file and the environment, edited outside the box's code, and take effect when the
+    box starts: so a change is recorded at start (``mammo up``), with every changed value (secrets masked by the
+    caller) and the whole set, which the next comparison starts from.
+    """
+    current = json.loads(json.dumps(dict(settings), default=str))  # as JSON will give it back next time
+    with transaction(db):
+        row = db.execute("SELECT details FROM audit_log WHERE action = 'config_changed' ORDER BY seq DESC LIMIT 1").fetchone()
+        previous = json.loads(row[0]).get("settings", {}) if row else None
+        changed = config_changes(previous or {}, current)
+        if previous is not None and not changed:
+            return None
+        details = {"first": previous is None, "changed": {} if previous is None else changed, "settings": current}
+        return _append(db, actor, "config_changed", None, details, None, signer, checkpoint_every)

@@ -8,7 +8,8 @@ import shutil
 import threading
 from typing import Any
 
-from edge_agent import daemon
+from edge_agent import audit, daemon
+from edge_agent.audit_cli import cli_actor
 from edge_agent.box import Box, open_box
 from edge_agent.cli import EXIT_FAILED, EXIT_OK, add_json_flag, emit
 from edge_agent.settings import Settings
@@ -70,6 +71,7 @@ def _status(box: Box) -> dict[str, Any]:
 
 def cmd_up(args: argparse.Namespace) -> int:
     box = open_box(args.settings)
+    audit.record_config(box.db, box.settings.public_dict(), cli_actor(), signer=box.keystore, checkpoint_every=box.settings.audit_checkpoint_every)
     status = _status(box)
     lines = [
         f"MammoAI-TR Edge box '{status['box_name']}' ({status['box_id']}) is up.",

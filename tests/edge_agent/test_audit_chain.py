@@ -198,3 +198,15 @@ def test_kiosk_rows_from_before_the_chain_move_into_it_and_verify(tmp_path: Path
     report = audit.verify(db, signer)
     assert report.ok and report.entries == 51 and db.execute("SELECT count(*) FROM audit_log WHERE hash IS NULL").fetchone()[0] == 0
     db.conn.close()
+
+
+def test_a_changed_setting_is_audited_when_the_box_starts(box: Box):
+    for env in ({}, {}, {"MAMMO_BOX_NAME": "Talas ASM"}):
+        r = subprocess.run([sys.executable, "-m", "edge_agent.cli", "up", "--check", "--json"], env={**box.env, **env},
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+    rows = [json.loads(e.details) for e in audit.entries(box.db) if e.action == "config_changed"]
+    assert len(rows) == 2  # the first start, then the change; the unchanged restart wrote nothing
+    assert rows[0]["first"] and rows[1]["changed"] == {"box_name": [box.settings.box_name, "Talas ASM"]}
+    assert rows[1]["settings"]["keystore_passphrase"] == "***"  # secrets never reach the trail
+    assert audit.verify(box.db, box.keystore).ok
