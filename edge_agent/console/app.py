@@ -87,6 +87,7 @@ class Console(App[None]):
         Binding("v", "verify", show=False),
         Binding("l", "language", show=False),
         Binding("f5,ctrl+r", "reload", show=False),
+        Binding("escape", "focus_nav", show=False),
         Binding("q", "quit", show=False),
     ]
 
@@ -192,6 +193,10 @@ class Console(App[None]):
         tables = self.query_one(f"#{name}").query(DataTable)
         if tables:
             tables.last().focus()
+
+    def action_focus_nav(self) -> None:
+        """Escape goes back to the list of screens from wherever the cursor is."""
+        self.query_one("#nav", OptionList).focus()
 
     def action_language(self) -> None:
         self.lang = LANGUAGES[(LANGUAGES.index(self.lang) + 1) % len(LANGUAGES)]

@@ -25,7 +25,7 @@ CATALOG: dict[str, dict[str, str]] = {
         "nav.models": "7 Modeller",
         "nav.audit": "8 Denetim",
         "nav.log": "9 Günlük",
-        "keys": "1-9 ekran ↑↓ seç r kuyruğa al a etkinleştir b geri al v doğrula l EN q çık",
+        "keys": "1-9 ekran ↑↓ seç r kuyruğa a etkinleştir b geri al v doğrula l EN q çık",
         "unreadable": "okunamıyor",
         "none": "yok",
         "yes": "evet",

@@ -9,14 +9,18 @@ from __future__ import annotations
 import html
 import re
 import shutil
+import subprocess
+import sys
 from collections import defaultdict
 from pathlib import Path
 
+import pytest
 from textual.widgets import Button, DataTable
 
 from edge_agent.box import Box, open_box
 from edge_agent.console import data
 from edge_agent.console.app import Console
+from edge_agent.errors import SettingsError
 from edge_agent.inference.activation import SHIPPED_DIR
 from edge_agent.settings import Settings
 from tests.edge_agent.test_console_data import add_audit, edit_audit
@@ -196,3 +200,29 @@ def _dead_letter(box: Box) -> int:
     job = box.queue.claim("infer")
     assert job is not None and box.queue.fail(job, "model crashed [oom]") == "dead"
     return job_id
+
+
+async def test_enter_goes_into_a_screen_s_table_and_escape_back_to_the_list(box: Box):
+    _dead_letter(box)
+    app = Console(box, "en")
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        await pilot.press("down")  # the list of screens has the focus at start: down moves to Queues
+        await pilot.press("enter")
+        await pilot.pause()
+        assert app.current == "queues" and app.focused is app.query_one("#dead-table", DataTable)
+        await pilot.press("escape")
+        assert app.focused is app.query_one("#nav")
+
+
+def test_the_mammo_command_does_not_load_textual_until_the_console_starts():
+    code = "import sys; from edge_agent.cli import build_parser; build_parser(); print('textual' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).resolve().parents[2], timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "False", out.stderr
+
+
+def test_console_language_is_a_checked_setting(tmp_path: Path):
+    assert Settings.load(env={"MAMMO_HOME": str(tmp_path)}).console_language == "tr"
+    assert Settings.load(env={"MAMMO_HOME": str(tmp_path), "MAMMO_CONSOLE_LANGUAGE": "en"}).console_language == "en"
+    with pytest.raises(SettingsError, match="console_language"):
+        Settings.load(env={"MAMMO_HOME": str(tmp_path), "MAMMO_CONSOLE_LANGUAGE": "de"})
