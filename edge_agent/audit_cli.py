@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent import audit
-from edge_agent.box import open_box
+from edge_agent.box import Box, open_box
 from edge_agent.cli import EXIT_FAILED, EXIT_OK, add_json_flag, emit
 from edge_agent.errors import StoreError
 
@@ -53,6 +53,11 @@ def cli_actor() -> str:
         return f"cli:uid {os.getuid()}"
 
 
+def record(box: Box, action: str, obj: str | None = None, details: dict[str, Any] | None = None) -> audit.Entry:
+    """One entry for something a CLI command did to patient data or the box, by the account that ran it."""
+    return audit.append(box.db, cli_actor(), action, obj, details, signer=box.keystore, checkpoint_every=box.settings.audit_checkpoint_every)
+
+
 def _text(report: audit.Report, where: str) -> str:
     if report.ok:
         return f"Audit trail of {where} holds: {report.entries} entries, {report.checkpoints} signed checkpoint(s), head {report.head_hash[:16]}."
@@ -81,8 +86,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     out: Path = args.out
     box = open_box(args.settings)
     try:
-        audit.append(box.db, cli_actor(), "audit_export", None, {"file": out.name}, signer=box.keystore,
-                     checkpoint_every=box.settings.audit_checkpoint_every)
+        record(box, "audit_export", None, {"file": out.name})
         report = audit.verify(box.db, box.keystore)
         header = {"format": EXPORT_FORMAT, "box_id": box.keystore.box_id, "public_key_pem": box.keystore.public_key_pem().decode("ascii"),
                   "key_sha256": audit.key_fingerprint(box.keystore.public_key_pem()), "verify": report.as_dict()}

@@ -223,7 +223,8 @@ AUDIT_PAGE_SIZE = 100
 AUDIT_ACTIONS = ("login", "login_failed", "login_locked", "account_locked", "login_throttled", "logout", "session_expired",
                  "view_worklist", "search_worklist", "view_study", "view_image", "print_referral", "export_referral",
                  "feedback", "upload", "user_add", "user_passwd", "user_unlock",
-                 "provision_install", "model_activate", "audit_export")
+                 "config_changed", "provision_install", "model_activate", "research_export", "quarantine_release",
+                 "quarantine_purge", "audit_export")
 
 
 @dataclass(frozen=True)

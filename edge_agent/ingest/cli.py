@@ -136,6 +136,8 @@ def cmd_deid(args: argparse.Namespace) -> int:
     box = open_box(args.settings)
     try:
         options = options_of(args.settings, DeidKeys.from_keystore(box.keystore, args.settings.ingest_date_shift_max_days))
+        from edge_agent.audit_cli import record
+        record(box, "research_export", None, {"files": len(files), "dst": args.dst.name})
     finally:
         box.close()  # the workers need only the derived secrets, not the database
     rows: list[dict[str, Any]] = []
@@ -211,6 +213,8 @@ def cmd_quarantine_release(args: argparse.Namespace) -> int:
     box, service = _service(args, len(args.ids))  # in workers: a file held for a timeout must not hang the CLI
     try:
         results = [service.release(i) for i in args.ids]
+        from edge_agent.audit_cli import record
+        record(box, "quarantine_release", None, {"ids": args.ids, "outcomes": [r.outcome for r in results]})
         service.sweep()
         still = [r for r in results if r.outcome == QUARANTINED]
         text = "\n".join(f"#{r.quarantine_id}: {r.outcome}" + (f" ({r.reason_code}: cannot be overridden)" if r.outcome == QUARANTINED else "") for r in results)
@@ -230,6 +234,8 @@ def cmd_quarantine_purge(args: argparse.Namespace) -> int:
             return EXIT_FAILED
         for i in ids:
             service.purge(i)
+        from edge_agent.audit_cli import record
+        record(box, "quarantine_purge", None, {"ids": ids})
         emit(args, {"purged": ids}, f"purged {len(ids)} file(s)")
         return EXIT_OK
     finally:
