@@ -85,6 +85,7 @@ class Console(App[None]):
         Binding("a", "activate", show=False),
         Binding("b", "rollback", show=False),
         Binding("v", "verify", show=False),
+        Binding("m", "measure", show=False),
         Binding("l", "language", show=False),
         Binding("f5,ctrl+r", "reload", show=False),
         Binding("escape", "focus_nav", show=False),
@@ -99,6 +100,9 @@ class Console(App[None]):
         self._cpu: data.CpuSample | None = None
         self._dead: tuple[DeadJob, ...] = ()
         self._models: data.ModelsView | None = None
+        self._hardware: data.HardwareView | None = None
+        self._measured: tuple[data.ProfileRun, ...] | None = None
+        self._measuring = False
         self._verdict: data.AuditVerdict | None = None
         self._log_path: Any = None
         self._log_offset: int | None = None
@@ -204,6 +208,7 @@ class Console(App[None]):
         self._load(self.current)
 
     def action_reload(self) -> None:
+        self._hardware = None  # detected again: a delegate or runtime may have been installed meanwhile
         self._load(self.current)
 
     def _load(self, name: str) -> None:
@@ -254,13 +259,49 @@ class Console(App[None]):
         self._load_queues()
 
     def _load_hardware(self) -> None:
-        self.query_one("#hardware-body", Static).update("…")
-        self._detect_hardware()
+        if self._hardware is None:
+            self.query_one("#hardware-body", Static).update("…")
+            self._detect_hardware()
+        else:
+            self._draw_hardware()
+
+    def _draw_hardware(self) -> None:
+        if self._hardware is not None:
+            self.query_one("#hardware-body", Static).update(views.hardware(self.lang, self._hardware, self._measured, self._measuring))
 
     @work(thread=True, exclusive=True, group="hardware")
     def _detect_hardware(self) -> None:
+        """Detection imports the runtimes and probes for delegates: off the screen's thread."""
         view = data.hardware(self.box)
-        self.call_from_thread(lambda: self.query_one("#hardware-body", Static).update(views.hardware(self.lang, view)))
+
+        def done() -> None:
+            self._hardware = view
+            self._draw_hardware()
+
+        self.call_from_thread(done)
+
+    def action_measure(self) -> None:
+        if self.current != "hardware" or self._measuring:
+            return
+        self._measuring = True
+        self._draw_hardware()
+        self._run_measure()
+
+    @work(thread=True, exclusive=True, group="measure")
+    def _run_measure(self) -> None:
+        try:
+            runs: tuple[data.ProfileRun, ...] | None = data.measure_hardware()
+            error = None
+        except MammoError as exc:
+            runs, error = None, str(exc)
+
+        def done() -> None:
+            self._measuring, self._measured = False, runs
+            if error:
+                self.say(error, error=True)
+            self._draw_hardware()
+
+        self.call_from_thread(done)
 
     def _load_enrolment(self) -> None:
         self.query_one("#enrolment-body", Static).update(views.enrolment(self.lang, data.enrolment(self.box.settings)))
@@ -310,6 +351,7 @@ class Console(App[None]):
             message = t(self.lang, "models.failed", error=str(exc))
             self.call_from_thread(lambda: self.say(message, error=True))
         else:
+            self._hardware = None  # the benchmark shown is the active release's
             message = t(self.lang, "models.activated", version=act.version, diff=act.selftest.get("max_prob_diff", "?"))
             self.call_from_thread(lambda: self.say(message))
         self.call_from_thread(self._load_models)

@@ -208,6 +208,26 @@ def hardware(box: Box) -> HardwareView:
     return HardwareView(choice.profile, forced, facts, choice.reasons, bench)
 
 
+@dataclass(frozen=True)
+class ProfileRun:
+    """One profile in ``mammo hw bench``: whether it ran here, and how fast and how close to the fp32 reference."""
+
+    profile: str
+    status: str  # ran | fell back | unavailable
+    median_ms: float | None
+    max_prob_diff: float | None
+    reason: str | None
+
+
+def measure_hardware(n_images: int = 12) -> tuple[ProfileRun, ...]:
+    """``mammo hw bench`` on this machine (seconds: every profile it can load, on the same images)."""
+    from edge_agent.inference.bench import hw_bench
+
+    result = hw_bench(n_images=n_images)
+    return tuple(ProfileRun(name, str(r["status"]), r.get("median_ms"), r.get("max_prob_diff_vs_reference"), r.get("reason"))
+                 for name, r in result["profiles"].items())
+
+
 # --- enrolment ----------------------------------------------------------------------------------
 
 

@@ -12,7 +12,7 @@ import datetime as dt
 
 from rich.markup import escape
 
-from edge_agent.console.data import AuditVerdict, EnrolmentView, HardwareView, Health, KeysView, ModelsView, SyncView
+from edge_agent.console.data import AuditVerdict, EnrolmentView, HardwareView, Health, KeysView, ModelsView, ProfileRun, SyncView
 from edge_agent.console.i18n import t
 
 
@@ -52,7 +52,7 @@ def health(lang: str, h: Health, cpu_readable: bool) -> str:
     ])
 
 
-def hardware(lang: str, v: HardwareView) -> str:
+def hardware(lang: str, v: HardwareView, measured: tuple[ProfileRun, ...] | None = None, measuring: bool = False) -> str:
     p, m = v.profile, v.machine
     lines = [_row(t(lang, "hardware.profile"), f"[b]{escape(p.name)}[/b]" + (f"  {t(lang, 'hardware.forced', name=escape(v.forced))}" if v.forced else "")),
              f"{'':{LABEL + 1}}[dim]{escape(p.description)}[/dim]",
@@ -67,7 +67,19 @@ def hardware(lang: str, v: HardwareView) -> str:
         lines.append(f"[b]{t(lang, 'hardware.bench', version=escape(b.version), threads=b.threads or '?', images=b.images or '?')}[/b]")
         key = p.backend.replace("-", "_")
         lines += [f"  {'>' if name == key else ' '} {escape(name):<28} {ms:8.2f} ms" for name, ms in b.median_ms]
-    lines += [f"[dim]{t(lang, 'hardware.bench_hint')}[/dim]", "", f"[b]{t(lang, 'hardware.reasons')}[/b]"]
+    lines.append("")
+    if measuring:
+        lines.append(f"[yellow]{t(lang, 'hardware.measuring')}[/yellow]")
+    elif measured is None:
+        lines.append(f"[dim]{t(lang, 'hardware.bench_hint')}[/dim]")
+    else:
+        lines.append(f"[b]{t(lang, 'hardware.measured')}[/b]")
+        for r in measured:
+            if r.median_ms is None:
+                lines.append(f"  {escape(r.profile):<22} [dim]{t(lang, 'hardware.unavailable')}[/dim]")
+            else:
+                lines.append(f"  {escape(r.profile):<22} {r.median_ms:8.2f} ms  Δp {r.max_prob_diff}" + (f"  [yellow]{escape(r.status)}[/yellow]" if r.status != "ran" else ""))
+    lines += ["", f"[b]{t(lang, 'hardware.reasons')}[/b]"]
     for name, why in v.reasons:
         lines += [f"  {'[b]' if name == p.name else ''}{escape(name)}{'[/b]' if name == p.name else ''}", f"    [dim]{escape(why)}[/dim]"]
     return "\n".join(lines)

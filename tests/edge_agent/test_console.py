@@ -72,6 +72,7 @@ async def test_every_screen_fits_80x24_and_shows_the_box_s_real_values(box: Box)
 
         text = await show(app, pilot, "3")
         assert "Etkin profil" in text and "cpu-" in text and "Model 0.1.0" in text and "onnx_int8" in text
+        assert "m: bu makinede ölç" in text
 
         text = await show(app, pilot, "4")
         assert "kayıtlı değil" in text and box.keystore.box_id in text and "mammo provision request" in text
@@ -118,6 +119,7 @@ async def test_l_switches_between_turkish_and_english_everywhere(box: Box):
         assert "2 Kuyruklar" in text and "senkronizasyon henüz yok" in text
         text = await show(app, pilot, "l")
         assert "2 Queues" in text and "no sync yet" in text and "Sync now" in text and "Technician Console" in text
+        assert text.splitlines()[-1].rstrip().endswith("q quit")  # the key help is not cut at 80 columns
         assert "Kuyruklar" not in text
         text = await show(app, pilot, "l")
         assert "2 Kuyruklar" in text
@@ -200,6 +202,15 @@ def _dead_letter(box: Box) -> int:
     job = box.queue.claim("infer")
     assert job is not None and box.queue.fail(job, "model crashed [oom]") == "dead"
     return job_id
+
+
+async def test_m_measures_every_profile_on_this_machine(box: Box):
+    app = Console(box, "en")
+    async with app.run_test(size=SIZE) as pilot:
+        await show(app, pilot, "3")
+        text = await show(app, pilot, "m")
+        assert "Measured on this machine" in text and re.search(r"cpu-small\s+\d+\.\d+ ms", text)
+        assert re.search(r"gpu-cuda\s+not available here", text)
 
 
 async def test_enter_goes_into_a_screen_s_table_and_escape_back_to_the_list(box: Box):
