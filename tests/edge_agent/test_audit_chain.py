@@ -210,3 +210,12 @@ def test_a_changed_setting_is_audited_when_the_box_starts(box: Box):
     assert rows[0]["first"] and rows[1]["changed"] == {"box_name": [box.settings.box_name, "Talas ASM"]}
     assert rows[1]["settings"]["keystore_passphrase"] == "***"  # secrets never reach the trail
     assert audit.verify(box.db, box.keystore).ok
+
+
+def test_bench_audit_prints_ours_beside_both_peers_and_a_verified_trail(box: Box):
+    r = box.mammo("bench", "audit", "--appends", "20", "--entries", "2500", "--json")
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout.splitlines()[-1])
+    assert len(result["appends_per_s"]) == 3 and all(v > 0 for v in result["appends_per_s"].values())
+    assert "synchronous=FULL" in result["durability"] and result["chain_valid_after"]
+    assert result["verify"]["entries"] == 2500 and result["verify"]["ok"] and result["verify"]["checkpoints"] == 3  # 1000, 2000, the head
