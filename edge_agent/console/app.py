@@ -240,11 +240,13 @@ class Console(App[None]):
         self._dead = v.dead
         self.query_one("#dead-title", Static).update(f"[b]{t(lang, 'queues.dead_title')}[/b]" + ("" if v.dead else f"\n{t(lang, 'queues.no_dead')}"))
         dead = self.query_one("#dead-table", DataTable)
+        row = dead.cursor_row
         dead.clear(columns=True)
         dead.add_columns(*(t(lang, f"queues.col.{c}") for c in ("id", "queue", "attempts", "error")))
         for d in v.dead:
             dead.add_row(d.id, d.queue, d.attempts, escape((d.last_error or "")[:60]), key=str(d.id))
         dead.display = bool(v.dead)
+        _keep_cursor(dead, row)
 
     def action_requeue(self) -> None:
         if self.current != "queues":
@@ -317,10 +319,12 @@ class Console(App[None]):
         lang = self.lang
         self.query_one("#models-title", Static).update(f"[b]{t(lang, 'models.title')}[/b]")
         table = self.query_one("#model-table", DataTable)
+        row = table.cursor_row
         table.clear(columns=True)
         table.add_columns(*(t(lang, f"models.col.{c}") for c in ("active", "version", "source", "path")))
         for r in v.releases:
             table.add_row("[b green]●[/b green]" if r.active else "", r.version, t(lang, f"models.source.{r.source}"), escape(str(r.path))[-40:])
+        _keep_cursor(table, row)
         self.query_one("#models-body", Static).update(views.models(lang, v))
 
     def action_activate(self) -> None:
@@ -393,6 +397,12 @@ class Console(App[None]):
         view = self.query_one("#log-view", RichLog)
         for line in lines:
             view.write(Text(line))
+
+
+def _keep_cursor(table: DataTable[Any], row: int) -> None:
+    """After a table is filled again, the cursor stays on the same row (or the last one, if fewer remain)."""
+    if table.row_count:
+        table.move_cursor(row=min(max(row, 0), table.row_count - 1))
 
 
 def run(box: Box, lang: str) -> None:

@@ -160,6 +160,7 @@ async def test_activate_and_rollback_ask_first_then_really_switch_the_model(box:
         assert "Roll back" not in screen_text(app)
         text = await show(app, pilot, "y")
         assert data.models(box).active.path == installed
+        assert table.cursor_row == 1  # the list was read again; the cursor stayed on the release just activated
         assert re.search(r"Active model\s+0\.1\.0", text) and "activated from the console" in text
 
         await show(app, pilot, "b")
