@@ -10,6 +10,7 @@ so the screen keeps answering.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, ClassVar
 
 from rich.markup import escape
@@ -104,7 +105,7 @@ class Console(App[None]):
         self._measured: tuple[data.ProfileRun, ...] | None = None
         self._measuring = False
         self._verdict: data.AuditVerdict | None = None
-        self._log_path: Any = None
+        self._log_path: Path | None = None
         self._log_offset: int | None = None
 
     # -- layout -----------------------------------------------------------------------------------
