@@ -25,6 +25,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], bench_sub
     p = sub.add_parser("deid", help="de-identify a folder of DICOM files for a research export (nothing stored on the box)")
     p.add_argument("src", type=Path, metavar="SRC")
     p.add_argument("dst", type=Path, metavar="DST")
+    p.add_argument("--keep-key", type=Path, default=None, metavar="FILE", help="keep this export's key in FILE (new, private) for a later linked export")
+    p.add_argument("--key", type=Path, default=None, metavar="FILE", help="de-identify with a kept export key: same pseudonyms as that export")
     add_json_flag(p)
     p.set_defaults(handler=cmd_deid)
 
@@ -126,8 +128,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 def cmd_deid(args: argparse.Namespace) -> int:
     from concurrent.futures import ThreadPoolExecutor
 
+    from edge_agent import export_keys
     from edge_agent.box import open_box
-    from edge_agent.ingest.deid import DeidKeys
     from edge_agent.ingest.pool import IngestPool, worker_count
     from edge_agent.ingest.prepare import Prepared, Refused, Request
     from edge_agent.ingest.service import options_of
@@ -135,9 +137,14 @@ def cmd_deid(args: argparse.Namespace) -> int:
     files = _expand([args.src])
     box = open_box(args.settings)
     try:
-        options = options_of(args.settings, DeidKeys.from_keystore(box.keystore, args.settings.ingest_date_shift_max_days))
+        # Never the box's own secrets: a key of this export's own (see edge_agent.export_keys).
+        key = export_keys.read_key(args.key) if args.key else export_keys.new_key()
+        if args.keep_key:
+            export_keys.write_key(args.keep_key, key)
+        options = options_of(args.settings, export_keys.deid_keys(key, args.settings.ingest_date_shift_max_days))
         from edge_agent.audit_cli import record
-        record(box, "research_export", None, {"files": len(files), "dst": args.dst.name})
+        record(box, "research_export", None, {"files": len(files), "dst": args.dst.name, "key_id": export_keys.key_id(key),
+                                              "key": "reused" if args.key else "kept" if args.keep_key else "discarded"})
     finally:
         box.close()  # the workers need only the derived secrets, not the database
     rows: list[dict[str, Any]] = []

@@ -34,7 +34,7 @@ def test_quarantine_release_purge_and_research_export_are_audited(tmp_path: Path
         trail = [(e.action, json.loads(e.details)) for e in audit.entries(db)]
         assert [a for a, _ in trail] == ["quarantine_release", "quarantine_purge", "research_export"]
         assert trail[0][1] == {"ids": [qid], "outcomes": ["quarantined"]} and trail[1][1] == {"ids": [qid]}
-        assert trail[2][1] == {"files": 5, "dst": "export"}
+        assert trail[2][1]["files"] == 5 and trail[2][1]["dst"] == "export" and trail[2][1]["key"] == "discarded"
         assert "ÇELİK" not in json.dumps(db.execute("SELECT * FROM audit_log").fetchall(), ensure_ascii=False)
         assert audit.verify(db).ok
     finally:
