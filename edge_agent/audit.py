@@ -155,10 +155,13 @@ def check(entries: Iterable[Entry], checkpoints: Iterable[Checkpoint],
         if e.seq in cps:
             last_good_cp = e.seq
         prev_seq, prev_hash = e.seq, str(e.hash)
+    signed = 0
     for cp in sorted(cps.values(), key=lambda c: c.seq):
-        if signature_ok is not None and not signature_ok(cp):
-            findings.append((cp.seq, f"the checkpoint at entry {cp.seq} is not signed by this box's key"))
+        if signature_ok is not None and not signature_ok(cp):  # nothing after the last good signature is vouched for
+            findings.append((signed + 1, f"the checkpoint at entry {cp.seq} is not signed by this box's key: "
+                                         f"entries from {signed + 1} on may have been rewritten and re-signed"))
             break
+        signed = cp.seq
     beyond = [c.seq for c in cps.values() if c.seq > prev_seq]
     if beyond and not findings:
         findings.append((prev_seq + 1, f"the trail ends at entry {prev_seq} but a signed checkpoint vouches for entry {max(beyond)}: "

@@ -119,7 +119,7 @@ def test_re_signing_with_another_key_is_caught(box: Box):
         for cp in cps:
             audit.sign_checkpoint(box.db, forger, cp.seq, cp.hash)
     rc, report = box.verify_cli()
-    assert rc == 1 and report["first_bad"] == 10 and "not signed by this box" in report["reason"]
+    assert rc == 1 and report["first_bad"] == 1 and "entry 10 is not signed by this box" in report["reason"]
 
 
 def test_a_deleted_entry_is_named(box: Box):
@@ -219,3 +219,22 @@ def test_bench_audit_prints_ours_beside_both_peers_and_a_verified_trail(box: Box
     assert len(result["appends_per_s"]) == 3 and all(v > 0 for v in result["appends_per_s"].values())
     assert "synchronous=FULL" in result["durability"] and result["chain_valid_after"]
     assert result["verify"]["entries"] == 2500 and result["verify"]["ok"] and result["verify"]["checkpoints"] == 3  # 1000, 2000, the head
+
+
+def test_a_forged_later_checkpoint_leaves_only_the_entries_under_the_last_good_one_trusted():
+    box_key, forger = EphemeralSigner(), EphemeralSigner()
+    entries, prev = [], audit.GENESIS
+    for seq in range(1, 31):
+        h = audit.entry_hash(seq, 1.7e9 + seq, "doktor", "view_study", None, "{}", prev)
+        entries.append(audit.Entry(seq, 1.7e9 + seq, "doktor", "view_study", None, "{}", prev, h))
+        prev = h
+
+    def checkpoint(signer: EphemeralSigner, seq: int) -> audit.Checkpoint:
+        e = entries[seq - 1]
+        sig = signer.sign(audit.checkpoint_message("bench", seq, str(e.hash), 1.7e9))
+        return audit.Checkpoint(seq, str(e.hash), 1.7e9, "bench", audit.key_fingerprint(signer.public_key_pem()), sig.hex())
+
+    ok = audit.signature_checker(box_key.public_key_pem())
+    assert audit.check(entries, [checkpoint(box_key, 10), checkpoint(box_key, 20)], ok).ok
+    report = audit.check(entries, [checkpoint(box_key, 10), checkpoint(forger, 20)], ok)
+    assert not report.ok and report.first_bad == 11 and report.entries == 30
