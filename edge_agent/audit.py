@@ -328,5 +328,14 @@ def record_config(db: sqlite_utils.Database, settings: Mapping[str, Any], actor:
         changed = config_changes(previous or {}, current)
         if previous is not None and not changed:
             return None
-        details = {"first": previous is None, "changed": {} if previous is None else changed, "settings": current}
+        details = {"first": previous is None, "changed": {} if previous is None else changed, "settings": current,
+                   "detail": _config_summary(previous is None, changed, len(current))}
         return _append(db, actor, "config_changed", None, details, None, signer, checkpoint_every)
+
+
+def _config_summary(first: bool, changed: Mapping[str, list[Any]], count: int, limit: int = 300) -> str:
+    """One line for the kiosk's audit page (which shows ``details.detail``), not the whole settings map."""
+    if first:
+        return f"settings recorded at first start ({count})"
+    text = "; ".join(f"{name}: {old!r} -> {new!r}" for name, (old, new) in changed.items())
+    return text if len(text) <= limit else text[: limit - 1] + "…"

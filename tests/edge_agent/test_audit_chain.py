@@ -209,6 +209,8 @@ def test_a_changed_setting_is_audited_when_the_box_starts(box: Box):
     assert len(rows) == 2  # the first start, then the change; the unchanged restart wrote nothing
     assert rows[0]["first"] and rows[1]["changed"] == {"box_name": [box.settings.box_name, "Talas ASM"]}
     assert rows[1]["settings"]["keystore_passphrase"] == "***"  # secrets never reach the trail
+    shown = box.db.execute("SELECT detail FROM kiosk_audit WHERE action = 'config_changed' ORDER BY id").fetchall()
+    assert shown[1][0] == f"box_name: {box.settings.box_name!r} -> 'Talas ASM'"  # the audit page shows the change, not the map
     assert audit.verify(box.db, box.keystore).ok
 
 
