@@ -86,6 +86,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         box.close()
         return EXIT_OK
     print("\n".join(lines), flush=True)
+    daemon.log_to_file(box.settings.log_dir)
     statuses = daemon.run(box, threading.Event())
     box.close()
     failed = [s for s in statuses if not s.running]

@@ -11,9 +11,12 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import logging
+import logging.handlers
+import os
 import signal
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from edge_agent.box import Box
@@ -62,6 +65,28 @@ def start_all(box: Box, stop: threading.Event) -> tuple[list[threading.Thread], 
         threads.extend(started)
         statuses.append(ServiceStatus(module, True, f"{len(started)} thread(s)"))
     return threads, statuses
+
+
+LOG_FILE = "mammo.log"
+LOG_BYTES = 5 * 1024 * 1024
+LOG_BACKUPS = 4
+
+
+def log_to_file(log_dir: Path) -> logging.Handler:
+    """Also write the daemon's log to ``log_dir/mammo.log`` (0600, rotated at 5 MB, 4 kept).
+
+    The technician's console and a support visit read it from there; stderr
+    alone is lost when the box runs as a service without a journal.  Rotation
+    bounds it, so a noisy fault cannot fill the disk that holds the images.
+    """
+    log_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path = log_dir / LOG_FILE
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.close(fd)
+    handler = logging.handlers.RotatingFileHandler(path, maxBytes=LOG_BYTES, backupCount=LOG_BACKUPS, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(handler)
+    return handler
 
 
 def run(box: Box, stop: threading.Event | None = None, *, install_signals: bool = True) -> list[ServiceStatus]:

@@ -56,6 +56,9 @@ def test_demo_box_comes_up_triages_its_studies_serves_the_kiosk_and_stops_on_sig
         db.conn.close()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
+        log_file = tmp_path / "logs" / "mammo.log"  # what the technician's console follows
+        assert log_file.stat().st_mode & 0o777 == 0o600
+        assert "stopping services" in log_file.read_text()
     finally:
         if proc.poll() is None:
             proc.kill()
