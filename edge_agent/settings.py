@@ -122,7 +122,6 @@ class Settings:
     # --- infer ----------------------------------------------------------------
     infer_profile: str | None = setting(None, "Force a hardware profile by name (see `mammo hw detect`); unset = chosen from what the machine offers. A forced profile that cannot run falls back to cpu-small, visibly.")
     infer_tflite_delegate: str | None = setting(None, "Path of a TFLite external delegate library (an NPU's) to use before searching the usual library folders.")
-    infer_model_signing_key: Path | None = setting(None, "PEM public key of the coordinator's model-signing key. When set, a model release must carry a valid manifest.sig to be activated.")
     infer_selftest_tolerance: float = setting(0.08, "Largest difference in probability between a release's bundled self-test expectations and this box's run; above it, activation is refused.", check=_positive, fix="a probability difference > 0, e.g. 0.08")
     # --- ingest (owned by edge_agent.ingest) ---------------------------------
     dicom_ae_title: str = setting(

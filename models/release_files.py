@@ -140,7 +140,9 @@ def verify_manifest(folder: Path) -> dict:
 
 
 def default_release_dir() -> Path:
-    """The newest version folder under ``models/release``."""
+    """The newest SIGNED version folder under ``models/release`` (one with ``manifest.sig``; the signature itself is
+    checked where a box activates it).  A release still being built or evaluated is unsigned, so it never becomes
+    the default by merely appearing; in a checkout with no signed release at all, the newest one."""
     root = Path(__file__).resolve().parent / "release"
     versions = sorted(
         (p for p in root.iterdir() if p.is_dir() and (p / "manifest.json").exists()),
@@ -148,7 +150,8 @@ def default_release_dir() -> Path:
     ) if root.exists() else []
     if not versions:
         raise ReleaseError(f"no release under {root}; build one with `python -m models.release_build`")
-    return versions[-1]
+    signed = [p for p in versions if (p / "manifest.sig").exists()]
+    return (signed or versions)[-1]
 
 
 def load_release(folder: Path | str | None = None, verify: bool = True) -> Release:

@@ -26,7 +26,7 @@ import sqlite_utils
 from PIL import Image
 
 from edge_agent.errors import IntegrityError, MammoError, ModelError, StoreError
-from edge_agent.inference.activation import Activation, ModelRegistry, verify_release
+from edge_agent.inference.activation import Activation, ModelRegistry
 from edge_agent.inference.decode import work_image
 from edge_agent.inference.triage import ViewScore, aggregate, first_by_view, other_breast
 from edge_agent.inference.viewcache import ViewCache
@@ -125,7 +125,7 @@ class InferenceHandler:
             if self._loaded is not None and self._loaded[0] == act.id:
                 return self._loaded[1], act
             try:
-                release, digest = verify_release(act.path, self.registry.settings.infer_model_signing_key)
+                release, digest = self.registry.verify(act.path)  # files and signature, with the box's trust of now
                 if digest != act.manifest_sha256:
                     raise ModelError(f"Model {act.version}: manifest changed since activation; refusing it.")
                 screener = self.factory(release)

@@ -1,12 +1,9 @@
-import base64
 import json
 
 import pytest
 
 from edge_agent.errors import ModelError
 from edge_agent.inference.activation import ModelRegistry
-from edge_agent.settings import Settings
-from provisioning.keystore import FileKeystore, KdfParams
 
 
 def test_first_start_activates_the_newest_shipped_release_after_its_self_test(box, shipped_dir):
@@ -29,37 +26,22 @@ def test_tampered_model_file_is_refused_and_the_previous_model_stays_active(box,
     assert reg.active().id == before.id
 
 
-def test_release_whose_model_disagrees_with_its_self_test_is_refused(box, shipped_dir, release_dir):
+def test_release_whose_model_disagrees_with_its_self_test_is_refused(box, shipped_dir, release_dir, release_signer):
     import numpy as np
 
     from models.release_files import write_manifest
 
-    reg = ModelRegistry(box.db, box.settings, shipped_dir=shipped_dir)
+    reg = ModelRegistry(box.db, box.settings, shipped_dir=shipped_dir, pinned_keys=release_signer.pinned)
     before = reg.ensure_active()
     with np.load(release_dir / "selftest.npz") as ref:
         arrays = dict(ref)
     arrays["expected_p_abnormal"] = 1.0 - arrays["expected_p_abnormal"]  # a model that answers the opposite
     np.savez(release_dir / "selftest.npz", **arrays)
     write_manifest(release_dir, json.loads((release_dir / "model.json").read_text())["version"])  # manifest consistent: only the self-test can catch it
+    release_signer.sign(release_dir)  # and signed by a trusted key
     with pytest.raises(ModelError, match="Self-test .* failed"):
         reg.activate(str(release_dir), by="tech", reason="test")
     assert reg.active().id == before.id
-
-
-def test_signed_release_is_required_once_a_signing_key_is_provisioned(tmp_path, box, shipped_dir, release_dir):
-    coordinator = FileKeystore.create(tmp_path / "coord.json", "coordinator", KdfParams(1, 8 * 1024, 1))
-    key_file = tmp_path / "model-signing.pem"
-    key_file.write_bytes(coordinator.public_key_pem())
-    settings = Settings.load(env={"MAMMO_HOME": str(box.settings.home), "MAMMO_INFER_MODEL_SIGNING_KEY": str(key_file)})
-    reg = ModelRegistry(box.db, settings, shipped_dir=shipped_dir)
-    with pytest.raises(ModelError, match="not signed"):
-        reg.activate(str(release_dir), by="tech", reason="unsigned")
-    manifest = (release_dir / "manifest.json").read_bytes()
-    (release_dir / "manifest.sig").write_text(base64.b64encode(FileKeystore.create(tmp_path / "evil.json", "x", KdfParams(1, 8 * 1024, 1)).sign(manifest)).decode())
-    with pytest.raises(ModelError, match="does not verify"):
-        reg.activate(str(release_dir), by="tech", reason="forged")
-    (release_dir / "manifest.sig").write_text(base64.b64encode(coordinator.sign(manifest)).decode())
-    assert reg.activate(str(release_dir), by="tech", reason="signed").path == release_dir.resolve()
 
 
 def test_rollback_returns_to_the_previous_release(box, shipped_dir, release_dir):

@@ -1,0 +1,1 @@
+DjjeW28HfOoYo5T6e9Lo8MHU9Zhyfzea1UpEAaDMDGywDgdJYyjxFZQoytbr6dL4ZqoN2Hoj7MKb8Yq5I1vVAg==
