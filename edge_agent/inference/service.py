@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, cast
 import sqlite_utils
 
 from edge_agent.box import Box, retry_policy
-from edge_agent.errors import ModelError
+from edge_agent.errors import MammoError, ModelError
 from edge_agent.inference.activation import ModelRegistry
 from edge_agent.inference.viewcache import ViewCache
 from edge_agent.inference.worker import InferenceHandler
@@ -59,6 +59,23 @@ POLL_S = 0.05
 JOB_POLL_S = 0.025
 
 
+#: Pause before an inference worker claims again after the database refused it (seconds).
+RETRY_S = 1.0
+
+
+def keep_running(worker: Worker, stop: threading.Event) -> None:
+    """A worker's loop, resumed after a box-level failure outside any job (the database stayed locked past its
+    busy timeout while the worker claimed its next job): such a failure used to end the thread, and with it
+    all screening until the daemon restarted. A job's own failures never reach here (the worker records them)."""
+    while not stop.is_set():
+        try:
+            worker.run()
+            return
+        except MammoError as exc:
+            log.error("inference worker %s: %s; claiming again in %g s", worker.name, exc, RETRY_S)
+            stop.wait(RETRY_S)
+
+
 def fixed_backend_factory(db: sqlite_utils.Database, backend: str, threads: int) -> Callable[[Release], Screener]:
     """Another model form (``mammo bench study`` runs the PyTorch original this way), recorded like a profile."""
     from models.runtime import Screener
@@ -100,7 +117,7 @@ def start_workers(box: Box, stop: threading.Event, *, backend: str | None = None
         handler = make_handler(box, choice, profiles, delegate, views=views, backend=backend)
         worker = Worker(handler.queue, INFER_QUEUE, handler, name=f"infer-{i}", lease_s=box.settings.queue_lease_s, poll_s=JOB_POLL_S, stop=stop)
         handlers.append(handler)
-        threads.append(threading.Thread(target=worker.run, name=f"infer-{i}", daemon=True))
+        threads.append(threading.Thread(target=keep_running, args=(worker, stop), name=f"infer-{i}", daemon=True))
 
     if handlers:
         try:  # load the model now: ingest reduces each view for its input size from the first image on (decode once)

@@ -110,3 +110,40 @@ def test_bench_study_prints_int8_beside_pytorch_fp32_per_transfer_syntax_and_sta
     assert ours["views_decoded_by_ingest"]["taken"] == 4 * n
     # the whole appliance: the box and its ingest worker processes, summed at one instant, within the sum of their own peaks
     assert ours["appliance_processes"] >= 2 and ours["peak_rss_mb"] < ours["peak_rss_appliance_sampled_mb"] <= ours["peak_rss_appliance_bound_mb"]
+
+
+class _LockedOnce:
+    """The box's real queue, except that its first claim finds the database locked past the busy timeout (an interface, not a patch)."""
+
+    def __init__(self, queue) -> None:
+        self._queue = queue
+        self.refused = 0
+
+    def claim(self, *args, **kwargs):
+        from edge_agent.errors import StoreError
+
+        if not self.refused:
+            self.refused += 1
+            raise StoreError("The box database stayed locked: database is locked. Another process holds a long transaction; retry shortly.")
+        return self._queue.claim(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._queue, name)
+
+
+def test_an_inference_worker_claims_again_after_the_database_was_locked(box):
+    from edge_agent.worker import Worker
+
+    seen = []
+    queue = _LockedOnce(box.queue)
+    stop = threading.Event()
+    worker = Worker(queue, "infer", lambda job: seen.append(job.payload) or None, name="infer-test", poll_s=0.01, stop=stop)
+    thread = threading.Thread(target=service.keep_running, args=(worker, stop), daemon=True)
+    thread.start()
+    box.queue.enqueue("infer", {"study_uid": "1.2.3"})
+    deadline = time.monotonic() + 30
+    while not seen and time.monotonic() < deadline:
+        time.sleep(0.02)
+    stop.set()
+    thread.join(timeout=10)
+    assert queue.refused == 1 and seen == [{"study_uid": "1.2.3"}]
