@@ -7,12 +7,18 @@ This process plays the modality: it sends real-size 4-view screening
 studies (3328 x 4096, 14 bits, see :mod:`edge_agent.inference.realsize`)
 over DICOM C-STORE, uncompressed, RLE and JPEG 2000. A study's time runs
 from the first C-STORE to its triage row being visible in the box database;
-the inference handler says where its part went (per stage). Most views are
-read, decoded and preprocessed while their study is still arriving (see
-:mod:`edge_agent.inference.viewcache`), inside ``receive_ingest``: their
-cost is reported per view (``view_stages_ms``). A second box, with the
+the inference handler says where its part went (per stage). Each view is
+decoded once, by ingest, which hands its work image to inference (see
+:mod:`edge_agent.ingest.work_images`); it is preprocessed while its study
+is still arriving (see :mod:`edge_agent.inference.viewcache`), inside
+``receive_ingest``, and its cost is reported per view (``view_stages_ms``;
+read and decode stay 0 for a view handed over). A second box, with the
 PyTorch fp32 model in the same path, runs beside it for the ratio; the two
 take turns study by study, so a change in the machine's load hits both.
+
+Memory is the whole appliance's: the box process and its ingest worker
+processes, summed at the same instant (:class:`ApplianceMemory`), with the
+sum of each process's own peak as the upper bound.
 """
 
 from __future__ import annotations

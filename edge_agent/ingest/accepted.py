@@ -76,6 +76,7 @@ class AcceptedSpool:
         self._room = threading.BoundedSemaphore(backlog)
         self._todo: queue.Queue[Path | None] = queue.Queue()
         self._pending: set[Path] = set()
+        self._slotted: set[Path] = set()  # files holding a place in the backlog (not those found at start)
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._stop = threading.Event()
@@ -95,8 +96,7 @@ class AcceptedSpool:
         """Queue what an earlier run acknowledged and did not ingest, and wait (up to ``wait_s``) until it is stored."""
         left = sorted(p for p in self.folder.iterdir() if p.is_file() and p.suffix == ".dcm")
         for path in left:
-            self._room.acquire()  # a backlog the setting has since made smaller still fits: the waits below free room
-            self._submit(path)
+            self._submit(path, slot=False)  # outside the backlog: it is already acknowledged, and however many there are
         if left:
             log.warning("ingesting %d DICOM image(s) acknowledged before the last stop and not yet stored", len(left))
             if not self.wait_idle(wait_s):
@@ -154,16 +154,21 @@ class AcceptedSpool:
             return len(self._pending)
 
     # -- ingest threads --------------------------------------------------------------------------
-    def _submit(self, path: Path) -> None:
+    def _submit(self, path: Path, *, slot: bool = True) -> None:
         with self._lock:
             self._pending.add(path)
+            if slot:
+                self._slotted.add(path)
         self._todo.put(path)
 
     def _done(self, path: Path) -> None:
         with self._idle:
             self._pending.discard(path)
+            slotted = path in self._slotted
+            self._slotted.discard(path)
             self._idle.notify_all()
-        self._room.release()
+        if slotted:
+            self._room.release()
 
     def _run(self) -> None:
         while True:
