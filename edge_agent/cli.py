@@ -29,7 +29,7 @@ from edge_agent.settings import Settings
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_REFUSED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 # Packages that add subcommands: module path -> present only once built.
-PLUGINS = ("edge_agent.commands", "edge_agent.audit_cli", "edge_agent.ingest.cli", "models.cli", "hardware_profiles.cli", "edge_agent.inference.cli", "kiosk_ui.cli", "provisioning.cli", "edge_agent.console.cli")
+PLUGINS = ("edge_agent.commands", "edge_agent.keys_cli", "edge_agent.audit_cli", "edge_agent.ingest.cli", "models.cli", "hardware_profiles.cli", "edge_agent.inference.cli", "kiosk_ui.cli", "provisioning.cli", "edge_agent.console.cli")
 
 
 def emit(args: argparse.Namespace, payload: dict[str, Any], text: str | None = None) -> None:

@@ -64,14 +64,28 @@ class Settings:
     # --- keystore ------------------------------------------------------------
     keystore_passphrase: str | None = setting(
         None,
-        "Passphrase that unlocks the keystore. If unset: asked at a terminal, otherwise generated once "
-        "into $MAMMO_HOME/secrets/passphrase when keystore_generate_passphrase is true.",
+        "Passphrase that unlocks the keystore (its passphrase protector). If unset: in demo mode generated once into "
+        "$MAMMO_HOME/secrets/passphrase; otherwise asked at a terminal (twice when the keystore is created), unless the TPM unlocks the box.",
         secret=True,
     )
-    keystore_generate_passphrase: bool = setting(
+    keystore_demo_mode: bool = setting(
         True,
-        "Allow an unattended first start to generate a random passphrase file (0600). "
-        "Turn off on production boxes where the passphrase comes from a TPM or an operator.",
+        "Demo mode: an unattended first start generates the keystore passphrase into $MAMMO_HOME/secrets/passphrase (0600), "
+        "so the appliance starts with no one at it, and a stolen disk is readable. A clinic box sets false: the passphrase then "
+        "comes from MAMMO_KEYSTORE_PASSPHRASE or a terminal, the TPM unlocks it unattended where there is one, and a passphrase file is refused.",
+    )
+    keystore_tpm: str = setting(
+        "auto",
+        "TPM 2.0 protector: auto (seal the keystore's key to this machine's TPM when it has one and tpm2-pytss is installed), off, "
+        "or a TCTI naming the TPM (device:/dev/tpmrm0, swtpm:host=127.0.0.1,port=2321). A box whose TPM holds the key starts without its passphrase.",
+        check=lambda v: v in {"auto", "off"} or ":" in v, fix="auto, off, or a TCTI such as device:/dev/tpmrm0",
+    )
+    keystore_tpm_pcrs: str = setting(
+        "",
+        "PCRs the TPM seal is bound to, e.g. sha256:0,2,4,7 (firmware and boot chain): after a firmware or boot update the TPM refuses, "
+        "the passphrase opens the box and `mammo keys reprotect` seals again. Empty: not bound to PCRs.",
+        check=lambda v: v == "" or (v.partition(":")[0] in {"sha1", "sha256", "sha384"} and all(p.isdigit() for p in v.partition(":")[2].split(","))),
+        fix="empty, or a bank and PCR numbers such as sha256:0,7",
     )
     # --- provisioning (owned by provisioning/: enrolment in a federation) ------
     provision_authority_fingerprint: str | None = setting(

@@ -70,10 +70,11 @@ def authority_passphrase(settings: Settings, *, confirm: bool = False) -> str:
 
 
 def open_keystore(settings: Settings) -> FileKeystore:
-    from edge_agent.box import make_private, resolve_passphrase  # late: only the box commands need the box's wiring
+    from edge_agent.box import make_private
+    from edge_agent.box import open_keystore as open_box_keystore  # late: only the box commands need the box's wiring
 
     make_private(settings.home)
-    return FileKeystore.open_or_create(settings.keystore_path, resolve_passphrase(settings, sys.stdin.isatty()))
+    return open_box_keystore(settings, sys.stdin.isatty())
 
 
 def cmd_init(args: argparse.Namespace) -> int:

@@ -31,7 +31,7 @@ def test_toml_then_environment_precedence(tmp_path: Path):
         ({"MAMMO_QUEUE_MAX_ATTEMPTS": "0"}, "queue_max_attempts"),
         ({"MAMMO_KIOSK_PORT": "70000"}, "kiosk_port"),
         ({"MAMMO_LOG_LEVEL": "LOUD"}, "log_level"),
-        ({"MAMMO_KEYSTORE_GENERATE_PASSPHRASE": "maybe"}, "keystore_generate_passphrase"),
+        ({"MAMMO_KEYSTORE_DEMO_MODE": "maybe"}, "keystore_demo_mode"),
     ],
 )
 def test_invalid_setting_names_field_and_fix(tmp_path: Path, env, field):

@@ -84,6 +84,6 @@ def test_unattended_first_start_generates_a_private_passphrase_once(tmp_path: Pa
 
 
 def test_no_passphrase_and_generation_disabled_is_a_clear_error(tmp_path: Path):
-    s = Settings.load(env={"MAMMO_HOME": str(tmp_path), "MAMMO_KEYSTORE_GENERATE_PASSPHRASE": "false"})
+    s = Settings.load(env={"MAMMO_HOME": str(tmp_path), "MAMMO_KEYSTORE_DEMO_MODE": "false"})
     with pytest.raises(KeystoreError, match="MAMMO_KEYSTORE_PASSPHRASE"):
         resolve_passphrase(s, interactive=False)
