@@ -267,13 +267,17 @@ class KeysView:
     box_id: str | None
     created_at: float | None
     kdf: str | None
-    generate_allowed: bool
+    generate_allowed: bool  # keystore_demo_mode: the box may generate (and use) a passphrase file
+    protectors: tuple[str, ...] = ()  # what unlocks the keystore: "TPM 2.0", "passphrase (argon2id ...)"
 
 
 def keys(settings: Settings) -> KeysView:
-    """How the keystore is protected, from its clear header; demo mode is a passphrase kept on the disk it protects."""
+    """How the keystore is protected, from its clear header; demo mode is a passphrase kept on the disk it protects (or allowed to be)."""
+    from provisioning.keystore import protector_records
+    from provisioning.protectors import describe
+
     generated = settings.secrets_dir / "passphrase"
-    demo = not settings.keystore_passphrase and generated.exists()
+    demo = (settings.keystore_demo_mode and not settings.keystore_passphrase) or generated.exists()
     source = "setting" if settings.keystore_passphrase else "file" if demo else "operator"
     header: dict[str, Any] = {}
     try:
@@ -281,13 +285,14 @@ def keys(settings: Settings) -> KeysView:
         header = loaded if isinstance(loaded, dict) else {}
     except (OSError, ValueError):
         pass
-    k = header.get("kdf") if isinstance(header.get("kdf"), dict) else None
+    records = protector_records(settings.keystore_path)
+    k = next((r["kdf"] for r in records if r.get("kind") == "passphrase" and isinstance(r.get("kdf"), dict)), None)
     kdf = f"{k.get('name')} t={k.get('time_cost')} m={k.get('memory_kib')} KiB p={k.get('parallelism')}" if k else None
     box_id = header.get("box_id")
     created = header.get("created_at")
     return KeysView(demo, source, generated, settings.keystore_path, settings.keystore_path.exists(),
                     box_id if isinstance(box_id, str) else None, float(created) if isinstance(created, int | float) else None,
-                    kdf, settings.keystore_generate_passphrase)
+                    kdf, settings.keystore_demo_mode, tuple(describe(r) for r in records))
 
 
 # --- sync ---------------------------------------------------------------------------------------
