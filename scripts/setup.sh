@@ -35,4 +35,8 @@ fi
 .venv/bin/python -m pip install -q --upgrade pip
 # torch is pinned in pyproject.toml to the CPU build on local disk; do not unpin it.
 .venv/bin/python -m pip install -q -e '.[dev]'
+# The TPM protector is optional: without it the box runs with its passphrase protector (and the TPM tests skip, saying why).
+if pkg-config --exists tss2-esys 2>/dev/null; then
+  .venv/bin/python -m pip install -q -e '.[tpm]' || echo "setup: tpm2-pytss did not install; keys are protected by the passphrase only" >&2
+fi
 echo "$want" > "$stamp"
