@@ -248,24 +248,32 @@ class SelftestRuntime:
         return cls(Profile(f"fixed:{backend}", "a fixed backend chosen by the caller", 0, "litert" if litert else "onnxruntime", backend,
                            threads, 1, "INT8", 1, 1, 1, () if litert else ("CPUExecutionProvider",)), {})
 
-    def open(self, release: Release) -> tuple[Screener, str]:
-        """The screener this box would score with; a profile that cannot run the release (fallback to the CPU) is a failure."""
+    def open(self, release: Release) -> tuple[Screener, str, str | None]:
+        """The screener this box would score with: (screener, backend, fallback reason or None).
+
+        A profile whose accelerator fails (a delegate or provider that does not load) falls back to the CPU exactly as
+        the inference service does, and the self-test runs there; but the release's own model for the profile's
+        backend must still load on the plain CPU, or the release is broken (a bad TFLite file) and refused."""
         from hardware_profiles.runtime import open_on_profile
         from models.runtime import Screener
 
+        def refuse(exc: Exception) -> ModelError:
+            return ModelError(f"Self-test of {release.version}: its {self.profile.backend} model does not load for hardware profile "
+                              f"{self.profile.name} ({type(exc).__name__}: {exc}). Activation refused; the previous model stays active. "
+                              "Fix: rebuild or reinstall the release.")
+
         try:
             if not self.profiles:
-                return Screener(release, backend=self.profile.backend, threads=self.profile.threads), self.profile.backend
+                return Screener(release, backend=self.profile.backend, threads=self.profile.threads), self.profile.backend, None
             opened = open_on_profile(release, self.profile, self.profiles, self.delegate)
-        except Exception as exc:  # a runtime's own error (onnxruntime, LiteRT, a delegate): the release does not run here
-            raise ModelError(f"Self-test of {release.version}: its {self.profile.backend} model does not load on hardware profile "
-                             f"{self.profile.name} ({type(exc).__name__}: {exc}). Activation refused; the previous model stays active. "
-                             "Fix: rebuild or reinstall the release.") from exc
-        if opened.fallback_reason is not None:
-            raise ModelError(f"Self-test of {release.version}: it does not run on this box's hardware profile {self.profile.name} "
-                             f"({opened.fallback_reason}). Activation refused; the previous model stays active. Fix: rebuild or reinstall "
-                             "the release; if the accelerator itself is at fault, set infer_profile = \"cpu-small\".")
-        return cast("Screener", opened.screener), opened.backend
+        except Exception as exc:  # a runtime's own error (onnxruntime, LiteRT): the release does not run here
+            raise refuse(exc) from exc
+        if opened.fallback_reason is not None:  # the accelerator's fault, or the release's? load its model form on the CPU
+            try:
+                Screener(release, backend=self.profile.backend, threads=1)
+            except Exception as exc:
+                raise refuse(exc) from exc
+        return cast("Screener", opened.screener), opened.backend, opened.fallback_reason
 
 
 def box_runtime(settings: Settings, profiles_dir: Path = PROFILE_DIR) -> SelftestRuntime:
@@ -290,8 +298,8 @@ def run_selftest(release: Release, runtime: SelftestRuntime, tolerance: float) -
         raise ModelError(f"Model release {release.version} has no {SELFTEST_FILE}; a release without a self-test is not activated.")
     with np.load(path) as ref:
         images, exp_a, exp_m = ref["images"], ref["expected_p_abnormal"], ref["expected_p_malignant"]
-    screener, backend = runtime.open(release)
-    where = f"{backend} (profile {runtime.profile.name})"
+    screener, backend, fallback = runtime.open(release)
+    where = f"{backend} (profile {runtime.profile.name}{', fallen back to the CPU' if fallback else ''})"
     diffs = []
     for img, ea, em in zip(images, exp_a, exp_m, strict=True):
         try:
@@ -302,8 +310,8 @@ def run_selftest(release: Release, runtime: SelftestRuntime, tolerance: float) -
             raise ModelError(f"Self-test of {release.version} on {where}: the model produced NaN/inf. Activation refused.")
         diffs.append(max(abs(r.p_abnormal - ea), abs(r.p_malignant - em)))
     diff = float(max(diffs))
-    result = {"backend": backend, "profile": runtime.profile.name, "threads": runtime.profile.threads, "images": int(len(images)),
-              "max_prob_diff": round(diff, 5), "tolerance": tolerance, "passed": diff <= tolerance}
+    result = {"backend": backend, "profile": runtime.profile.name, "threads": runtime.profile.threads, "fallback_reason": fallback,
+              "images": int(len(images)), "max_prob_diff": round(diff, 5), "tolerance": tolerance, "passed": diff <= tolerance}
     if not result["passed"]:
         raise ModelError(f"Self-test of {release.version} on {where} failed: outputs differ from the reference by {diff:.3f} (> {tolerance}). "
                          "Activation refused; the previous model stays active.")

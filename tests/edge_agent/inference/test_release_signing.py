@@ -218,7 +218,7 @@ def test_a_broken_tflite_model_fails_activation_on_a_tflite_profile_while_onnx_b
     write_manifest(release_dir, json.loads((release_dir / "model.json").read_text())["version"])
     release_signer.sign(release_dir)  # a signed but badly built release: only running it can tell
     tflite = registry_on(box, "tflite-cpu", shipped_dir, profiles_dir, release_signer.pinned)
-    with pytest.raises(ModelError, match="does not run on this box's hardware profile tflite-cpu"):
+    with pytest.raises(ModelError, match="its tflite-int8 model does not load for hardware profile tflite-cpu"):
         tflite.activate(str(release_dir), by="tech", reason="broken tflite")
     assert tflite.active() is None
     onnx = registry_on(box, "cpu-small", shipped_dir, profiles_dir, release_signer.pinned)
