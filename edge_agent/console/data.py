@@ -319,6 +319,8 @@ class ModelsView:
     releases: tuple[ModelVersion, ...]
     history: tuple[Activation, ...]  # newest first
     active: Activation | None
+    trust: str = "demo"  # whose signature a release needs: federation (enrolled) | demo (unenrolled: shipped releases only) | error
+    trust_error: str | None = None
 
 
 def _registry(box: Box) -> Any:
@@ -328,9 +330,15 @@ def _registry(box: Box) -> Any:
 
 
 def models(box: Box, history: int = 5) -> ModelsView:
+    from edge_agent.errors import MammoError
+
     reg = _registry(box)
     hist = reg.history()
-    return ModelsView(tuple(reg.releases()), tuple(reversed(hist[-history:])), hist[-1] if hist else None)
+    try:
+        trust, error = str(reg.trust().mode), None
+    except MammoError as exc:  # a damaged kit: nothing activates until it is reinstalled
+        trust, error = "error", str(exc)
+    return ModelsView(tuple(reg.releases()), tuple(reversed(hist[-history:])), hist[-1] if hist else None, trust, error)
 
 
 def technician() -> str:

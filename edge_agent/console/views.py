@@ -98,7 +98,8 @@ def enrolment(lang: str, e: EnrolmentView) -> str:
                   _row(t(lang, "enrolment.coordinator"), escape(e.coordinator or t(lang, "none"))),
                   _row(t(lang, "enrolment.signing"), escape((e.model_signing_key or "-")[:40]))]
     else:
-        lines += ["", f"[dim]{t(lang, 'enrolment.hint')}[/dim]"]
+        lines += [_row(t(lang, "models.trust"), f"[b reverse yellow] {t(lang, 'models.trust.demo')} [/b reverse yellow]"),
+                  f"[dim]{t(lang, 'models.trust.demo_hint')}[/dim]", "", f"[dim]{t(lang, 'enrolment.hint')}[/dim]"]
     return "\n".join(lines)
 
 
@@ -111,6 +112,7 @@ def keys(lang: str, k: KeysView) -> str:
              _row(t(lang, "keys.keystore"), escape(str(k.keystore_path)) if k.keystore_exists else f"[red]{t(lang, 'keys.missing')}[/red]"),
              _row(t(lang, "enrolment.box"), escape(k.box_id or "-")),
              _row(t(lang, "keys.created"), when(k.created_at)),
+             _row(t(lang, "keys.protectors"), escape(", ".join(k.protectors) or "-")),
              _row(t(lang, "keys.kdf"), escape(k.kdf or "-")),
              "", f"{t(lang, 'keys.generate')}: {t(lang, 'yes' if k.generate_allowed else 'no')}"]
     return "\n".join(lines)
@@ -126,8 +128,15 @@ def sync(lang: str, s: SyncView) -> str:
 
 def models(lang: str, v: ModelsView) -> str:
     a = v.active
-    lines = [_row(t(lang, "models.active"), f"[b]{escape(a.version)}[/b]  [dim]{escape(str(a.path))}[/dim]" if a else t(lang, "models.none_active")),
-             f"[b]{t(lang, 'models.history')}[/b]"]
+    lines = [_row(t(lang, "models.active"), f"[b]{escape(a.version)}[/b]  [dim]{escape(str(a.path))}[/dim]" if a else t(lang, "models.none_active"))]
+    if v.trust == "demo":
+        lines += [_row(t(lang, "models.trust"), f"[b reverse yellow] {t(lang, 'models.trust.demo')} [/b reverse yellow]"),
+                  f"[dim]{t(lang, 'models.trust.demo_hint')}[/dim]"]
+    elif v.trust == "federation":
+        lines.append(_row(t(lang, "models.trust"), t(lang, "models.trust.federation")))
+    else:
+        lines.append(_row(t(lang, "models.trust"), f"[b red]{t(lang, 'models.trust.error')}[/b red] {escape(v.trust_error or '')}"))
+    lines.append(f"[b]{t(lang, 'models.history')}[/b]")
     lines += [f"  {when(h.activated_at)[5:16]} {escape(h.version):<8} {escape(h.activated_by)[:10]:<10} [dim]{escape(h.reason)}[/dim]" for h in v.history] or ["  -"]
     return "\n".join(lines)
 
