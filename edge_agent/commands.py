@@ -48,7 +48,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], bench_sub
     p.add_argument("--jobs", type=int, default=5000)
     p.add_argument("--soak", action="store_true", help="run SIGKILL cycles and count lost/duplicated jobs")
     p.add_argument("--cycles", type=int, default=1000)
-    p.add_argument("--rounds", type=int, default=3, help="turns each store takes (its median round is reported)")
+    p.add_argument("--rounds", type=int, default=3, help="rounds; in each, the stores take turns in slices; the headline ratio is the median of the per-round ratios")
     add_json_flag(p)
     p.set_defaults(handler=cmd_bench_queue)
 
