@@ -103,6 +103,7 @@ class StatusBar:
     model_version: str | None
     profile: str | None
     free_disk_bytes: int
+    enrolled: bool = True  # False: demo mode, the box runs only the releases shipped with the software
 
 
 @dataclass(frozen=True)

@@ -534,7 +534,13 @@ class KioskServices:
             free = shutil.disk_usage(self.settings.home).free
         except OSError:
             free = 0
-        return StatusBar(self.probe.online, waiting, self._last_sync(), rt[0] if rt else None, rt[1] if rt else None, free)
+        return StatusBar(self.probe.online, waiting, self._last_sync(), rt[0] if rt else None, rt[1] if rt else None, free, self._enrolled())
+
+    def _enrolled(self) -> bool:
+        """A startup kit is installed (whether it verifies is activation's business: a damaged one lets no model run)."""
+        from provisioning.enrolment import KIT_FILE, folder_of
+
+        return (folder_of(self.settings) / KIT_FILE).exists()
 
     def _last_sync(self) -> float | None:
         # The sync package records completed rounds in sync_rounds once it exists; until then there is none.
