@@ -115,7 +115,7 @@ class FileKeystore:
         if not reasons:
             offered, held = [p.kind for p in protectors], [str(r.get("kind")) for r in records]
             reasons.append(f"it is protected by {', '.join(held) or 'nothing'} and this start offered {', '.join(offered) or 'nothing'}")
-        raise KeystoreError(f"Cannot unlock keystore {path}: {'; '.join(reasons)}. Fix: {RECOVERY} The file was not changed.")
+        raise KeystoreError(f"Cannot unlock keystore {path}: {'; '.join(reasons)}. Fix: give the right passphrase. {RECOVERY} The file was not changed.")
 
     @classmethod
     def _from_secret(cls, path: Path, doc: Mapping[str, Any], kek: bytes, aad: bytes) -> FileKeystore:

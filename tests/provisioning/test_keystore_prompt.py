@@ -22,7 +22,7 @@ def _up_at_a_terminal(home: Path, answers: list[str]) -> tuple[int, str]:
     if pid == 0:  # the child: its stdin, stdout and /dev/tty are the pty
         os.chdir(REPO)
         os.execve(sys.executable, [sys.executable, "-m", "edge_agent.cli", "up", "--check"], env)
-    out, pending, deadline = b"", list(answers), time.monotonic() + 60
+    out, pending, deadline = b"", list(answers), time.monotonic() + 300  # generous: a loaded CI machine imports the box slowly
     while time.monotonic() < deadline:
         ready, _, _ = select.select([fd], [], [], 0.5)
         if not ready:
@@ -34,7 +34,8 @@ def _up_at_a_terminal(home: Path, answers: list[str]) -> tuple[int, str]:
         if not chunk:
             break
         out += chunk
-        if pending and out.rstrip().endswith(b":"):
+        last = out.rstrip().rsplit(b"\n", 1)[-1]
+        if pending and last.endswith(b":") and (b"passphrase" in last or b"Again" in last):
             os.write(fd, pending.pop(0).encode() + b"\n")
     os.close(fd)
     _, status = os.waitpid(pid, 0)
