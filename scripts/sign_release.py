@@ -67,7 +67,9 @@ def sign_with_authority(release: Path, authority: Path) -> str:
     load_release(release, verify=True)
     passphrase = os.environ.get("MAMMO_AUTHORITY_PASSPHRASE") or getpass.getpass("Authority passphrase: ")
     version, signature = Authority.open(authority, passphrase).sign((release / "manifest.json").read_bytes())
-    (release / SIGNATURE_FILE).write_text(base64.b64encode(signature).decode("ascii") + "\n", encoding="ascii")
+    tmp = release / (SIGNATURE_FILE + ".tmp")
+    tmp.write_text(base64.b64encode(signature).decode("ascii") + "\n", encoding="ascii")
+    os.replace(tmp, release / SIGNATURE_FILE)
     return f"federation model-signing key v{version}"
 
 

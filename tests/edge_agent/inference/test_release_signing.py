@@ -224,3 +224,13 @@ def test_a_broken_tflite_model_fails_activation_on_a_tflite_profile_while_onnx_b
     onnx = registry_on(box, "cpu-small", shipped_dir, profiles_dir, release_signer.pinned)
     act = onnx.activate(str(release_dir), by="tech", reason="onnx box")
     assert (act.selftest["backend"], act.selftest["profile"]) == ("onnx-int8", "cpu-small")
+
+
+def test_sign_release_script_signs_with_the_federation_authority_for_enrolled_boxes(box, shipped_dir, release_dir, federation):
+    enrol(box, federation)
+    env = {"PATH": "/usr/bin:/bin", "MAMMO_AUTHORITY_PASSPHRASE": "federation-pw"}
+    run = subprocess.run([sys.executable, "scripts/sign_release.py", str(release_dir), "--authority", str(federation.folder)],
+                         cwd=REPO, capture_output=True, text=True, env=env)
+    assert run.returncode == 0 and "federation model-signing key v1" in run.stdout, run.stderr
+    act = ModelRegistry(box.db, box.settings, shipped_dir=shipped_dir).activate(str(release_dir), by="tech", reason="federation release")
+    assert act.selftest["signed_by"] == "federation key v1"
