@@ -10,7 +10,9 @@ and a log file.  Nothing of it is kept but the pictures.
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -22,6 +24,7 @@ from edge_agent import audit  # noqa: E402
 from edge_agent.box import Box, open_box  # noqa: E402
 from edge_agent.console import data  # noqa: E402
 from edge_agent.console.app import PANES, Console  # noqa: E402
+from edge_agent.inference.activation import SHIPPED_DIR  # noqa: E402
 from edge_agent.settings import Settings  # noqa: E402
 from provisioning import enrolment  # noqa: E402
 from provisioning.authority import Authority  # noqa: E402
@@ -33,6 +36,11 @@ def furnish(box: Box, authority_dir: Path) -> None:
     folder = enrolment.folder_of(box.settings)
     kit = authority.issue_kit(enrolment.make_request(box.keystore, folder), coordinator="koordinator.saglik.example:9092", days=30, settings={})
     enrolment.install(kit, keystore=box.keystore, folder=folder)
+    # an enrolled box runs only what its federation signed: the shipped release, signed by the authority, installed on the box
+    release = box.settings.models_dir / "0.1.0"
+    shutil.copytree(SHIPPED_DIR / "0.1.0", release)
+    _, signature = authority.sign((release / "manifest.json").read_bytes())
+    (release / "manifest.sig").write_text(base64.b64encode(signature).decode("ascii") + "\n", encoding="ascii")
     data.activate(box, "0.1.0")
     for n in range(3):
         box.queue.enqueue("ingest", {"file": f"img{n}.dcm"})
