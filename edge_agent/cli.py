@@ -17,33 +17,19 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
-import json
 import logging
 import sys
 from collections.abc import Callable
-from typing import Any
 
+# Re-exported: the box's own subcommands import them from here; lower packages use edge_agent.cliout (a leaf).
+from edge_agent.cliout import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_REFUSED, EXIT_USAGE, add_json_flag, emit
 from edge_agent.errors import MammoError, SettingsError
 from edge_agent.settings import Settings
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_REFUSED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+__all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_REFUSED", "EXIT_USAGE", "add_json_flag", "build_parser", "emit", "main"]
 
 # Packages that add subcommands: module path -> present only once built.
 PLUGINS = ("edge_agent.commands", "edge_agent.keys_cli", "edge_agent.audit_cli", "edge_agent.ingest.cli", "models.cli", "hardware_profiles.cli", "edge_agent.inference.cli", "kiosk_ui.cli", "provisioning.cli", "edge_agent.console.cli")
-
-
-def emit(args: argparse.Namespace, payload: dict[str, Any], text: str | None = None) -> None:
-    """Print the human text, then (with --json) the one JSON object on the last line."""
-    if text and not getattr(args, "json", False):
-        print(text)
-    if getattr(args, "json", False):
-        print(json.dumps(payload, ensure_ascii=False, default=str))
-    elif text is None:
-        print(json.dumps(payload, ensure_ascii=False, indent=2, default=str))
-
-
-def add_json_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--json", action="store_true", help="print one JSON object on the last line of stdout")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 from typing import Any
 
-from edge_agent.cli import EXIT_OK, add_json_flag, emit
+from edge_agent.cliout import EXIT_OK, add_json_flag, emit
 from hardware_profiles.detect import detect
 from hardware_profiles.profiles import load_profiles
 from hardware_profiles.select import choose

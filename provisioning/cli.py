@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from edge_agent.cli import EXIT_OK, add_json_flag, emit
+from edge_agent.cliout import EXIT_OK, add_json_flag, emit
 from edge_agent.errors import ProvisioningError
 from edge_agent.settings import Settings
 from provisioning import enrolment
