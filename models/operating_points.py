@@ -1,6 +1,6 @@
 """Operating points for the unit the box decides on: the woman's study, not the image.
 
-The box triages a STUDY on one score (:func:`edge_agent.inference.triage.study_score`:
+The box triages a STUDY on one score (:func:`models.triage_rule.study_score`, which the box runs:
 each view against the same view of the other breast, then the most suspicious
 view of the most suspicious breast). Thresholds chosen on single images do not
 fit that score: for two breasts a and b, ``max(a - b/2, b - a/2) >= (a + b) / 4``,
@@ -29,16 +29,10 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_agent.inference.triage import (
-    ViewScore,
-    aggregate,
-    first_by_view,
-    other_breast,
-    study_score,
-)
 from models.errors import ReleaseError
 from models.evaluation import bootstrap_ci, roc_auc
 from models.release_files import TRIAGE_LEVELS, OperatingPoints, suspicion
+from models.triage_rule import ViewScore, aggregate, first_by_view, other_breast, study_score
 
 __all__ = [
     "WomanStudy",
@@ -92,8 +86,8 @@ def woman_studies(rows: Iterable[dict], beta: float, fallback_p_other: float | N
     """Group per-image prediction rows by woman into the ViewScores the box's worker would make.
 
     Each view's suspicion pairs it with the same view of the other breast exactly as
-    the worker does (:func:`~edge_agent.inference.triage.first_by_view`,
-    :func:`~edge_agent.inference.triage.other_breast`, :func:`~models.release_files.suspicion`).
+    the worker does (:func:`~models.triage_rule.first_by_view`,
+    :func:`~models.triage_rule.other_breast`, :func:`~models.release_files.suspicion`).
     """
     by: dict[str, list[dict]] = {}
     for r in rows:
@@ -114,7 +108,7 @@ def woman_studies(rows: Iterable[dict], beta: float, fallback_p_other: float | N
 
 
 def study_scores(studies: Sequence[WomanStudy]) -> tuple[np.ndarray, np.ndarray]:
-    """(labels, study scores) with the box's :func:`~edge_agent.inference.triage.study_score`."""
+    """(labels, study scores) with the box's :func:`~models.triage_rule.study_score`."""
     y = np.array([s.abnormal for s in studies], dtype=int)
     s = np.array([study_score(s.views) for s in studies], dtype=np.float64)
     return y, s
@@ -153,7 +147,7 @@ def choose_points(y: Sequence[int], s: Sequence[float], review_sens: float = REV
 
 
 def _levels(studies: Sequence[WomanStudy], points: OperatingPoints, required=None) -> list[str]:
-    """Each woman's triage level through the box's own :func:`~edge_agent.inference.triage.aggregate`."""
+    """Each woman's triage level through the box's own :func:`~models.triage_rule.aggregate`."""
     out = []
     for st in studies:
         t = aggregate(list(st.views), [], points, required=st.present if required is None else required)

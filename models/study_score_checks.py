@@ -14,9 +14,9 @@ import math
 
 import numpy as np
 
-from edge_agent.inference.triage import ViewScore, study_score
 from models.evaluation import bootstrap_ci, roc_auc
 from models.operating_points import WomanStudy, study_scores, woman_studies
+from models.triage_rule import ViewScore, study_score
 
 __all__ = ["study_score_checks", "contralateral_order_check"]
 

@@ -165,3 +165,13 @@ def test_woman_figures_count_women_and_resample_them():
     assert m["auc"] == pytest.approx(12 / 16)
     lo, hi = m["sensitivity_review_ci95"]
     assert 0 <= lo < 0.75 < hi <= 1
+
+
+def test_the_box_triages_with_the_very_functions_the_thresholds_were_chosen_with():
+    """The rule lives in models.triage_rule; the box's import point and the operating points use that one object, not a copy."""
+    import models.operating_points as op
+    import models.triage_rule as rule
+    from edge_agent.inference import triage as box
+
+    for name in ("aggregate", "study_score", "first_by_view", "other_breast", "ViewScore"):
+        assert getattr(box, name) is getattr(rule, name) is getattr(op, name)
