@@ -186,7 +186,7 @@ def build(final: Path, cv: Path, version: str, data: Path, out_root: Path, k: in
     (out / "MODEL_CARD.md").write_text(render_card(info, out))
     write_manifest(out, version)
     # the box refuses a release without its self-test (edge_agent/inference/activation.py)
-    from edge_agent.inference.activation import build_selftest
+    from models.selftest import build_selftest
 
     build_selftest(out)
     return out

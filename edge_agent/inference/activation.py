@@ -50,6 +50,7 @@ from edge_agent.store import transaction
 from hardware_profiles.profiles import PROFILE_DIR, Profile
 from models.errors import ReleaseError
 from models.release_files import Release, load_release
+from models.selftest import SELFTEST_FILE  # built with the release (models.selftest.build_selftest), replayed here
 from provisioning.kit import SigningKey
 
 if TYPE_CHECKING:
@@ -59,7 +60,6 @@ log = logging.getLogger(__name__)
 
 SHIPPED_DIR = Path(__file__).resolve().parents[2] / "models" / "release"
 PINNED_KEYS_FILE = SHIPPED_DIR / "PINNED_RELEASE_KEYS.pem"
-SELFTEST_FILE = "selftest.npz"
 SIGNATURE_FILE = "manifest.sig"
 
 
@@ -208,29 +208,6 @@ def sign_release(folder: Path, key: Ed25519PrivateKey) -> Path:
 
 
 # --- the self-test, on the box's own runtime --------------------------------------------------------
-
-
-def build_selftest(release_dir: Path, n_images: int = 4, size: int = 256) -> Path:
-    """Write the release's self-test: synthetic mammograms and the fp32 ONNX model's answers on them.
-
-    Run at release build time, where the fp32 export is the trusted
-    reference; the box later checks its own runtime against these answers.
-    The manifest is rewritten, so the release must be signed afterwards.
-    """
-    from models.release_files import write_manifest
-    from models.runtime import Screener
-    from models.synthetic import generate
-
-    release = load_release(release_dir, verify=False)
-    findings = [None, "mass", "calcification", "spiculated"]
-    images = np.stack([np.asarray(generate(1000 + i, "ABCD"[i % 4], findings[i % 4], size=size).image, np.uint8) for i in range(n_images)])
-    ref = Screener(release, backend="onnx-fp32", threads=1)
-    results = [ref.score(img) for img in images]
-    path = Path(release_dir) / SELFTEST_FILE
-    np.savez_compressed(path, images=images, expected_p_abnormal=np.array([r.p_abnormal for r in results]),
-                        expected_p_malignant=np.array([r.p_malignant for r in results]))
-    write_manifest(Path(release_dir), release.version)
-    return path
 
 
 @dataclass(frozen=True)

@@ -8,13 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.inference.activation import SELFTEST_FILE, ModelRegistry, build_selftest
+from edge_agent.inference.activation import ModelRegistry
 from edge_agent.inference.worker import InferenceHandler
 from edge_agent.ingest import mg
 from edge_agent.ingest.image_store import ImageStore
 from edge_agent.ingest.service import IngestPaths, IngestService
 from models.release_files import default_release_dir
 from models.runtime import Screener
+from models.selftest import SELFTEST_FILE, build_selftest
 
 
 @pytest.fixture(scope="session")
