@@ -111,7 +111,14 @@ def _summary(outcomes: Iterable[StudyOutcome], n_boot: int) -> dict:
 
 def evaluate_dicom(dicom_dir: Path, labels: Path, release: Path, backend: str = "onnx-int8", threads: int = 2,
                    n_boot: int = 2000) -> dict:
-    """Ingest, de-identify, infer and triage every study in ``dicom_dir`` in a throwaway box; score against ``labels``."""
+    """Ingest, de-identify, infer and triage every study in ``dicom_dir`` in a throwaway box; score against ``labels``.
+
+    An integration tool above the box, not a part beneath it: it drives a whole
+    box, so it imports ``edge_agent`` here, lazily, never at module import (the
+    rest of ``models`` does not import the daemon).  It is the one declared
+    exception in pyproject.toml's import contract, which cannot tell a lazy
+    import from an eager one.
+    """
     from edge_agent.box import open_box
     from edge_agent.errors import MammoError
     from edge_agent.inference.activation import ModelRegistry

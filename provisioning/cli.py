@@ -12,16 +12,18 @@ import getpass
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edge_agent.cliout import EXIT_OK, add_json_flag, emit
 from edge_agent.errors import ProvisioningError
-from edge_agent.settings import Settings
 from provisioning import enrolment
 from provisioning.authority import DEFAULT_VERIFY_DAYS, Authority
 from provisioning.files import write_atomic
 from provisioning.keystore import FileKeystore, peek_box_id
 from provisioning.pki import MAX_BOX_CERT_DAYS
+
+if TYPE_CHECKING:  # the switchboard (edge_agent.cli) hands each handler args.settings; only its type is named here
+    from edge_agent.settings import Settings
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], bench_sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

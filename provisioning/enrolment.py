@@ -19,13 +19,12 @@ from __future__ import annotations
 import datetime as dt
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from edge_agent.errors import IntegrityError, KitRefused, ProvisioningError, SettingsError
-from edge_agent.settings import Settings
 from provisioning import he
 from provisioning.envelope import open_sealed, seal
 from provisioning.files import private_dir, write_atomic, write_new
@@ -37,7 +36,14 @@ KEY_FILE, PUB_FILE, KIT_FILE, SETTINGS_FILE = "box-key.sealed", "box-key.pub.pem
 KEY_PURPOSE = "provisioning-box-key"
 
 
-def folder_of(settings: Settings) -> Path:
+class HasHome(Protocol):
+    """What :func:`folder_of` needs of the box's settings: only its home (provisioning does not import the daemon's Settings)."""
+
+    @property
+    def home(self) -> Path: ...
+
+
+def folder_of(settings: HasHome) -> Path:
     return settings.home / "provisioning"
 
 

@@ -35,6 +35,9 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from edge_agent.errors import KitRefused, ProvisioningError
+
+# A declared edge to the daemon (pyproject.toml, [tool.importlinter]): a kit's initial settings are checked against
+# the very schema the box loads them with (fields, secret flags, coercion); a copy here would drift from it.
 from edge_agent.settings import Settings
 from provisioning.pki import box_id_of, fingerprint, key_fingerprint, public_der, signed_by
 
