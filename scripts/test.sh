@@ -3,7 +3,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-# Lint (pyflakes, import order, bugbear, pyupgrade) and strict types on the box's own packages first, as Flower and httpx do.
+# Lint (pyflakes, import order, bugbear, pyupgrade), strict types and the import contracts (layers) on the box's own packages first, as Flower and httpx do.
 .venv/bin/ruff check .
 .venv/bin/mypy
+.venv/bin/lint-imports --no-cache --no-logo
 exec .venv/bin/python -m pytest "$@"

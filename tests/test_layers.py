@@ -32,3 +32,26 @@ def test_the_box_cli_still_offers_the_shared_output_helpers():
 
     assert (cli.EXIT_OK, cli.EXIT_FAILED, cli.EXIT_USAGE, cli.EXIT_REFUSED, cli.EXIT_INTERRUPTED) == (0, 1, 2, 3, 130)
     assert cli.emit is cliout.emit and cli.add_json_flag is cliout.add_json_flag
+
+
+def lint_imports(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(Path(sys.executable).parent / "lint-imports"), "--no-cache", "--no-logo", *args],
+                          capture_output=True, text=True, cwd=REPO, timeout=120)
+
+
+def test_the_import_contracts_hold():
+    r = lint_imports()
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "0 broken" in r.stdout
+
+
+def test_a_lower_package_importing_the_daemon_breaks_the_contract(tmp_path):
+    """The contract has teeth: without its declared exception, provisioning.kit's use of the box's settings schema is reported."""
+    text = (REPO / "pyproject.toml").read_text(encoding="utf-8")
+    line = '  "provisioning.kit -> edge_agent.settings",\n'
+    assert line in text
+    config = tmp_path / "pyproject.toml"
+    config.write_text(text.replace(line, ""), encoding="utf-8")
+    r = lint_imports("--config", str(config))
+    assert r.returncode == 1
+    assert "provisioning.kit -> edge_agent.settings" in r.stdout
