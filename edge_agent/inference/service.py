@@ -125,17 +125,22 @@ def start_workers(box: Box, stop: threading.Event, *, backend: str | None = None
         except ModelError:
             pass  # no usable model: the jobs say so
 
+    poll_db = open_database(box.settings.db_path, max_size_mb=box.settings.db_max_size_mb)  # the poller's own (see prepare_ahead)
+
     def prepare_ahead() -> None:
         handed = box.work_images
-        while not stop.is_set():
-            try:
-                if handed is not None:  # woken as soon as ingest hands a view over; otherwise every POLL_S
-                    handlers[0].prepare_offered(handed.wait(POLL_S))
-                elif stop.wait(POLL_S):
-                    break
-                handlers[0].prepare_ahead()
-            except Exception:  # a bad view is the job's to report; the poller must not die of it
-                log.exception("preparing newly stored views failed; the inference jobs will prepare them")
+        try:
+            while not stop.is_set():
+                try:
+                    if handed is not None:  # woken as soon as ingest hands a view over; otherwise every POLL_S
+                        handlers[0].prepare_offered(handed.wait(POLL_S))
+                    elif stop.wait(POLL_S):
+                        break
+                    handlers[0].prepare_ahead(poll_db)
+                except Exception:  # a bad view is the job's to report; the poller must not die of it
+                    log.exception("preparing newly stored views failed; the inference jobs will prepare them")
+        finally:
+            poll_db.conn.close()
 
     threads.append(threading.Thread(target=prepare_ahead, name="infer-views", daemon=True))
     for t in threads:

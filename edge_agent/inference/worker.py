@@ -181,14 +181,25 @@ class InferenceHandler:
                 self.work_images.take(digest, size)  # already prepared (a re-sent view): the offer is not needed
         return len(keys)
 
-    def prepare_ahead(self) -> int:
-        """Prepare the views stored since the last call, before their study's job exists (see viewcache)."""
-        try:
-            screener, _ = self.screener()
-        except ModelError:
-            return 0  # no usable model yet: the jobs will say so
+    def prepare_ahead(self, db: sqlite_utils.Database | None = None) -> int:
+        """Prepare the views stored since the last call, before their study's job exists (see viewcache).
+
+        ``db``: the polling thread's own connection. On the worker's, a SELECT of this thread still open
+        (between its execute and its fetch) would hold a read snapshot under the worker's next claim, and
+        SQLite refuses that write at once ("database is locked") when another connection committed since.
+        For the same reason the loaded model is asked for its input size without a query, once loaded.
+        """
+        loaded = self._loaded
+        if loaded is not None:
+            screener = loaded[1]
+        else:
+            try:
+                screener, _ = self.screener()
+            except ModelError:
+                return 0  # no usable model yet: the jobs will say so
         ahead = StudyTiming("(prepared ahead)", time.monotonic())
-        return self.views.prepare_new(self.db, screener.release.input_size, lambda digest, s: self._prepare(digest, s, ahead))
+        return self.views.prepare_new(self.db if db is None else db, screener.release.input_size,
+                                      lambda digest, s: self._prepare(digest, s, ahead))
 
     def __call__(self, job: Job) -> Effect:
         t0 = time.perf_counter()
