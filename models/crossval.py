@@ -187,7 +187,7 @@ def _cv_rows(out: Path, folds) -> list[dict]:
 
 
 def compare_main(paths: list[str]) -> int:
-    """``python -m models.crossval compare DIR...``: one JSON line per CV folder or release folder.
+    """``python -m models.crossval compare DIR...``: one JSON line per CV folder, release folder or predictions file.
 
     Each folder's ``cv_predictions.json`` (or its ``fold*.json``) gives
     image-level and woman-level AUCs with 95% CIs (2000 resamples of women);
@@ -195,7 +195,7 @@ def compare_main(paths: list[str]) -> int:
     """
     sets = []
     for p in map(Path, paths):
-        pred = p / "cv_predictions.json"
+        pred = p if p.is_file() else p / "cv_predictions.json"
         rows = json.loads(pred.read_text()) if pred.exists() else _cv_rows(p, range(5))
         cfg = json.loads((p / "fold0.json").read_text())["config"] if (p / "fold0.json").exists() else None
         sets.append(rows)
