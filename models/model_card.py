@@ -386,6 +386,9 @@ def render_card(info: dict, folder: Path) -> str:
     notes = info.get("development_notes")
     if notes:
         lines += ["", "## How the recipe was chosen", ""] + list(notes)
+    later = info.get("later_attempts")
+    if later:  # a successor that was tried and not shipped: the card says what was tried
+        lines += ["", "## Tried since, not shipped", ""] + list(later)
     bench = folder / "bench.json"
     if bench.exists():
         b = json.loads(bench.read_text())
