@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import pty
 import select
+import signal
 import sys
 import time
 from pathlib import Path
@@ -23,6 +24,7 @@ def _up_at_a_terminal(home: Path, answers: list[str]) -> tuple[int, str]:
         os.chdir(REPO)
         os.execve(sys.executable, [sys.executable, "-m", "edge_agent.cli", "up", "--check"], env)
     out, pending, deadline = b"", list(answers), time.monotonic() + 300  # generous: a loaded CI machine imports the box slowly
+    answered_at = 0  # answer only a prompt printed after the last answer: getpass flushes input typed before its prompt
     while time.monotonic() < deadline:
         ready, _, _ = select.select([fd], [], [], 0.5)
         if not ready:
@@ -34,10 +36,14 @@ def _up_at_a_terminal(home: Path, answers: list[str]) -> tuple[int, str]:
         if not chunk:
             break
         out += chunk
-        last = out.rstrip().rsplit(b"\n", 1)[-1]
+        fresh = out[answered_at:].rstrip()
+        last = fresh.rsplit(b"\n", 1)[-1]
         if pending and last.endswith(b":") and (b"passphrase" in last or b"Again" in last):
             os.write(fd, pending.pop(0).encode() + b"\n")
+            answered_at = len(out)
     os.close(fd)
+    if time.monotonic() >= deadline:  # never hang the suite on a child still waiting at its terminal
+        os.kill(pid, signal.SIGKILL)
     _, status = os.waitpid(pid, 0)
     return os.waitstatus_to_exitcode(status), out.decode(errors="replace")
 
