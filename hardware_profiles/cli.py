@@ -53,7 +53,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from edge_agent.inference.bench import hw_bench
+    from hardware_profiles.bench import hw_bench
 
     result = hw_bench(n_images=args.images)
     text = "\n".join(

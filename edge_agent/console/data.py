@@ -221,7 +221,7 @@ class ProfileRun:
 
 def measure_hardware(n_images: int = 12) -> tuple[ProfileRun, ...]:
     """``mammo hw bench`` on this machine (seconds: every profile it can load, on the same images)."""
-    from edge_agent.inference.bench import hw_bench
+    from hardware_profiles.bench import hw_bench
 
     result = hw_bench(n_images=n_images)
     return tuple(ProfileRun(name, str(r["status"]), r.get("median_ms"), r.get("max_prob_diff_vs_reference"), r.get("reason"))

@@ -1,6 +1,6 @@
-"""``mammo bench study`` and ``mammo hw bench``.
+"""``mammo bench study`` (``mammo hw bench`` lives beside the profiles it measures: hardware_profiles/bench.py).
 
-bench study: a real box (the daemon's own ingest services: DICOM receiver,
+A real box (the daemon's own ingest services: DICOM receiver,
 ingest workers; inference workers on the active profile) in a temporary
 home, in a child process of its own so its peak memory is the box's alone.
 This process plays the modality: it sends real-size 4-view screening
@@ -33,7 +33,7 @@ import threading
 import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any
 
 import numpy as np
 from pydicom import Dataset
@@ -41,9 +41,6 @@ from pydicom import Dataset
 from edge_agent.bench import percentile
 from edge_agent.inference import realsize
 from edge_agent.settings import Settings
-
-if TYPE_CHECKING:
-    from models.runtime import Screener
 
 #: The per-study stages reported, in path order: the handler's own, framed by the
 #: C-STORE and ingest before it and the result's commit after it.
@@ -394,47 +391,3 @@ def study_bench(n_sustained: int = 10, n_latency: int = 20, width: int = realsiz
         "ratio_p95_int8_to_pytorch_fp32": ratios,
         "notes": notes,
     }
-
-
-def hw_bench(n_images: int = 12) -> dict[str, Any]:
-    """Every profile this machine can load, on the same preprocessed images, against the fp32 ONNX reference."""
-    from hardware_profiles.detect import detect
-    from hardware_profiles.profiles import load_profiles
-    from hardware_profiles.runtime import open_on_profile
-    from hardware_profiles.select import unmet
-    from models.bench import bench_images
-    from models.release_files import load_release
-    from models.runtime import Screener
-
-    release = load_release()
-    images, source, *_ = bench_images(n_images)
-    ref = Screener(release, backend="onnx-fp32", threads=2)
-    reference = np.array([1 / (1 + np.exp(-ref.raw(x)[0])) for x in images])
-    profiles = load_profiles()
-    facts = detect(tuple(n for p in profiles.values() for n in p.delegates))
-    out: dict[str, Any] = {}
-    for name, profile in sorted(profiles.items(), key=lambda kv: -kv[1].priority):
-        lacking = unmet(profile, facts)
-        if lacking:
-            out[name] = {"status": "unavailable", "reason": "; ".join(lacking)}
-            continue
-        delegate = facts.delegates[0][1] if facts.delegates else None
-        opened = open_on_profile(release, profile, profiles, delegate)
-        screener = cast("Screener", opened.screener)
-        screener.raw(images[0])
-        ms, probs = [], []
-        for x in images:
-            t0 = time.perf_counter()
-            logits, _ = screener.raw(x)
-            ms.append((time.perf_counter() - t0) * 1000)
-            probs.append(1 / (1 + np.exp(-logits)))
-        out[name] = {
-            "status": "fell back" if opened.fallback_reason else "ran",
-            "reason": opened.fallback_reason,
-            "backend": opened.backend,
-            "threads": opened.profile.threads,
-            "median_ms": round(float(np.median(ms)), 2),
-            "p95_ms": round(float(np.percentile(ms, 95)), 2),
-            "max_prob_diff_vs_reference": round(float(np.max(np.abs(np.array(probs) - reference))), 4),
-        }
-    return {"benchmark": "hw", "release": release.version, "images": source, "n_images": len(images), "reference": "onnx-fp32 on CPU", "machine": {"cores": facts.cores, "providers": list(facts.ort_providers)}, "profiles": out}
