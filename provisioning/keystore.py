@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from edge_agent.errors import KeystoreError
+from provisioning.files import fsync_dir
 from provisioning.protectors import DEFAULT_KDF, KEK_BYTES, KdfParams, PassphraseProtector, Protector, derive
 from provisioning.protectors import b64 as _b64
 from provisioning.protectors import unb64 as _unb64
@@ -227,7 +228,7 @@ def _write_new(path: Path, data: bytes) -> None:
         raise KeystoreError(f"Keystore {path} already exists; refusing to overwrite it.") from None
     finally:
         os.unlink(tmp)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def _replace(path: Path, data: bytes) -> None:
@@ -235,7 +236,7 @@ def _replace(path: Path, data: bytes) -> None:
     tmp = _write_temp(path, data)
     _overwrite(path)
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def _write_temp(path: Path, data: bytes) -> Path:
@@ -264,14 +265,6 @@ def _overwrite(path: Path) -> None:
         os.close(fd)
 
 
-def _fsync_dir(folder: Path) -> None:
-    dfd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
-
-
 def crypto_erase(path: Path) -> bool:
     """Destroy a key file: overwrite it with random bytes, fsync, unlink, fsync the folder.  True if there was one.
 
@@ -286,7 +279,7 @@ def crypto_erase(path: Path) -> bool:
     if not path.is_symlink():
         _overwrite(path)
     path.unlink()
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     return True
 
 

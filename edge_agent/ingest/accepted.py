@@ -39,19 +39,12 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent.errors import IngestUnavailable, MammoError, StorageFull
+from provisioning.files import fsync_dir
 
 log = logging.getLogger(__name__)
 
 _NAME = re.compile(r"^(\d{20})-([A-Za-z0-9_.-]{1,16})-[0-9a-f]{32}\.dcm$")
 _RETRY_S = (1.0, 2.0, 5.0, 10.0, 30.0)
-
-
-def fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def accepted_name(calling: str, now_ns: int | None = None) -> str:
