@@ -28,6 +28,11 @@ SERVICES: tuple[str, ...] = (
     "edge_agent.ingest.service:start_services",
     "edge_agent.inference.service:start_services",
     "kiosk_ui.server:start_services",
+    "edge_agent.learning.service:start_services",
+    "edge_agent.reporting.service:start_services",
+    "edge_agent.pacs.service:start_services",
+    # Above the box (sync imports edge_agent, never the reverse): reached only through this table.
+    "sync.service:start_services",
 )
 
 

@@ -349,10 +349,20 @@ AUDIT = [
 
 # "audit" precedes "kiosk": kiosk migration 4 moves the kiosk's rows into audit_log, which must exist by then on an
 # upgraded box as on a new one (each component's scripts run in turn, in this order).
+# Components added in the session that built issues 12-16; each owner appends its scripts to its own list.
+LEARNING: list[str] = []  # local DP training: privacy ledger, rounds, checkpoints, evaluation gate (edge_agent.learning)
+SYNC: list[str] = []  # the federated update outbox and sync state (sync.outbox, sync.service)
+REPORTING: list[str] = []  # FHIR report delivery and SMS notices (edge_agent.reporting)
+PACS: list[str] = []  # PACS export outbox and the modality worklist (edge_agent.pacs)
+
 MIGRATIONS: dict[str, list[str]] = {
     "queue": QUEUE,
     "ingest": INGEST,
     "infer": INFER,
     "audit": AUDIT,
     "kiosk": KIOSK,
+    "learning": LEARNING,
+    "sync": SYNC,
+    "reporting": REPORTING,
+    "pacs": PACS,
 }
