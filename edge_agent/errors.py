@@ -21,6 +21,8 @@ one of these where they enter our code.
      │    ├── IngestUnavailable  the ingest workers are stopped or cannot start: the sender retries
      │    └── QuarantineNotFound  no quarantined file with that id (purged or mistyped)
      ├── ModelError             a model release cannot be loaded, verified or run
+     ├── SyncError              federated sync: the outbox, encrypted updates, the coordinator's store and rounds
+     │    └── UpdateRejected    an encrypted update is refused (damaged, wrong shape or HE version, too stale): do not resend it
      └── KioskError             the family doctor's kiosk refused a request
           ├── AuthError         sign-in failed, the session expired, or the account is locked
           │    └── TooManyAttempts  too many failed sign-ins from one address or for one name: wait
@@ -103,6 +105,14 @@ class QuarantineNotFound(IngestError):
 
 class ModelError(MammoError):
     """A model release cannot be loaded, verified or run."""
+
+
+class SyncError(MammoError):
+    """Federated sync cannot go on: the outbox, an encrypted update, or the coordinator's store or round is unusable."""
+
+
+class UpdateRejected(SyncError):
+    """An encrypted update is refused for good (damaged, another trainable part or HE version, too stale); re-sending it cannot help."""
 
 
 class KioskError(MammoError):
