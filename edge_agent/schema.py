@@ -351,7 +351,45 @@ AUDIT = [
 # upgraded box as on a new one (each component's scripts run in turn, in this order).
 # Components added in the session that built issues 12-16; each owner appends its scripts to its own list.
 LEARNING: list[str] = []  # local DP training: privacy ledger, rounds, checkpoints, evaluation gate (edge_agent.learning)
-SYNC: list[str] = []  # the federated update outbox and sync state (sync.outbox, sync.service)
+SYNC: list[str] = [  # the federated update outbox and sync state (sync.outbox, sync.service)
+    # 1: the outbox of finished local updates (sync.outbox). One row per update_id; sha256 is the SHA-256 of the CKKS
+    #    frame (NULL while the box has no startup kit and the delta waits sealed under the box keystore). No TTL: a row
+    #    leaves 'queued'/'sending' only by an acknowledgement or a rejection from the coordinator. The payload (~1.2 MB)
+    #    sits in its own table so listing the outbox never reads it; it is dropped once the update is acknowledged.
+    """
+    CREATE TABLE sync_outbox (
+        update_id TEXT PRIMARY KEY,
+        sha256 TEXT UNIQUE,
+        base_model_version TEXT NOT NULL,
+        spec TEXT NOT NULL,
+        spec_digest TEXT NOT NULL,
+        value_count INTEGER NOT NULL,
+        example_count INTEGER NOT NULL CHECK (example_count > 0),
+        epsilon REAL NOT NULL,
+        delta_dp REAL NOT NULL,
+        noise_multiplier REAL NOT NULL,
+        local_metrics TEXT NOT NULL,
+        he_version INTEGER,
+        state TEXT NOT NULL CHECK (state = 'awaiting_kit' OR state = 'queued' OR state = 'sending'
+                                   OR state = 'acknowledged' OR state = 'rejected'),
+        attempts INTEGER NOT NULL DEFAULT 0,
+        last_error TEXT,
+        bytes INTEGER,
+        created_at REAL NOT NULL,
+        placed_at REAL NOT NULL,
+        queued_at REAL,
+        last_attempt_at REAL,
+        closed_at REAL,
+        CHECK ((state = 'awaiting_kit') = (sha256 IS NULL))
+    );
+    CREATE INDEX sync_outbox_open ON sync_outbox (placed_at, update_id) WHERE closed_at IS NULL;
+    CREATE TABLE sync_outbox_payload (
+        update_id TEXT PRIMARY KEY REFERENCES sync_outbox (update_id),
+        kind TEXT NOT NULL CHECK (kind = 'ckks' OR kind = 'sealed'),
+        data BLOB NOT NULL
+    );
+    """,
+]
 REPORTING: list[str] = []  # FHIR report delivery and SMS notices (edge_agent.reporting)
 PACS: list[str] = []  # PACS export outbox and the modality worklist (edge_agent.pacs)
 
