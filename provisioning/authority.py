@@ -22,6 +22,7 @@ import contextlib
 import datetime as dt
 import fcntl
 import hmac
+import ipaddress
 import json
 import os
 from collections.abc import Iterator
@@ -35,6 +36,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from edge_agent.errors import IntegrityError, MammoError, ProvisioningError
 from provisioning import he
@@ -47,6 +49,7 @@ from provisioning.revocation import build_crl
 
 FORMAT = "mammo-authority/1"
 DEFAULT_VERIFY_DAYS = 180
+SERVER_CERT_DAYS = 365
 
 
 def utcnow() -> dt.datetime:
@@ -149,7 +152,9 @@ class Authority:
                 "settings": settings,
             }
             kit = sign_kit(payload, self._ca_key)
-            self.meta["issued"].append({"box_id": box_id, "serial": f"{cert.serial_number:x}", "issued_at": iso(now), "not_after": iso(cert.not_valid_after_utc)})
+            # The certificate itself is kept (under the metadata's MAC): the coordinator admits exactly these boxes' keys at its SuperLink.
+            self.meta["issued"].append({"box_id": box_id, "serial": f"{cert.serial_number:x}", "issued_at": iso(now), "not_after": iso(cert.not_valid_after_utc),
+                                        "certificate": cert_pem(cert)})
             self._write_crl(now)
         return kit
 
@@ -171,6 +176,32 @@ class Authority:
 
     def crl(self) -> x509.CertificateRevocationList:
         return x509.load_pem_x509_crl((self.folder / "crl.pem").read_bytes())
+
+    def server_certificate(self, hosts: list[str], *, days: int = SERVER_CERT_DAYS, now: dt.datetime | None = None) -> tuple[bytes, bytes]:
+        """A TLS server certificate for the coordinator's SuperLink, issued by the federation CA: (certificate PEM, key PEM).
+
+        Boxes verify the coordinator with the CA from their kit (``--root-certificates``), so no public CA is involved.
+        The fresh P-256 key is returned, not kept here: the coordinator stores it 0600 in its own home."""
+        now = now or utcnow()
+        key = ec.generate_private_key(ec.SECP256R1())
+        names: list[x509.GeneralName] = []
+        for host in hosts:
+            try:
+                names.append(x509.IPAddress(ipaddress.ip_address(host)))
+            except ValueError:
+                names.append(x509.DNSName(host))
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{self.meta['name']} coordinator")]))
+            .issuer_name(self.ca.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(min(now + dt.timedelta(days=days), self.ca.not_valid_after_utc))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(x509.SubjectAlternativeName(names), critical=False)
+            .sign(self._ca_key, hashes.SHA256())
+        )
+        key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        return cert_pem(cert).encode(), key_pem
 
     # --- rotation and use -----------------------------------------------------
     def rotate(self, what: str, *, verify_days: int = DEFAULT_VERIFY_DAYS, now: dt.datetime | None = None) -> int:
