@@ -23,6 +23,8 @@ one of these where they enter our code.
      ├── ModelError             a model release cannot be loaded, verified or run
      ├── SyncError              federated sync: the outbox, encrypted updates, the coordinator's store and rounds
      │    └── UpdateRejected    an encrypted update is refused (damaged, wrong shape or HE version, too stale): do not resend it
+     ├── PacsError              a PACS export or a modality worklist entry cannot be made (edge_agent.pacs)
+     │    └── PacsUnavailable   the PACS refused the association or stopped answering: the export stays queued and retries
      └── KioskError             the family doctor's kiosk refused a request
           ├── AuthError         sign-in failed, the session expired, or the account is locked
           │    └── TooManyAttempts  too many failed sign-ins from one address or for one name: wait
@@ -113,6 +115,14 @@ class SyncError(MammoError):
 
 class UpdateRejected(SyncError):
     """An encrypted update is refused for good (damaged, another trainable part or HE version, too stale); re-sending it cannot help."""
+
+
+class PacsError(MammoError):
+    """A PACS export or a worklist entry cannot be made; the message says what to change."""
+
+
+class PacsUnavailable(PacsError):
+    """The PACS did not accept the association, failed the C-ECHO or stopped mid-export; the export is retried."""
 
 
 class KioskError(MammoError):

@@ -391,7 +391,60 @@ SYNC: list[str] = [  # the federated update outbox and sync state (sync.outbox, 
     """,
 ]
 REPORTING: list[str] = []  # FHIR report delivery and SMS notices (edge_agent.reporting)
-PACS: list[str] = []  # PACS export outbox and the modality worklist (edge_agent.pacs)
+PACS: list[str] = [  # PACS export outbox and the modality worklist (edge_agent.pacs)
+    # 1: per-destination export state (the job itself is in the queue, queue 'pacs'), the objects each destination has
+    #    acknowledged (a resumed export skips them; resent ones keep their UIDs), each de-identified destination's own
+    #    export key (sealed with the box master key), and the modality worklist. Worklist rows are identified data: the
+    #    name, ID, birth date and accession number are sealed as ingest_reid's are; match_key (an HMAC of patient ID and
+    #    accession under a box secret) finds the entry when the images arrive without naming anyone.
+    """
+    CREATE TABLE pacs_exports (
+        study_uid TEXT NOT NULL,
+        destination TEXT NOT NULL,
+        mode TEXT NOT NULL CHECK (mode = 'identified' OR mode = 'deidentified'),
+        job_id INTEGER,
+        state TEXT NOT NULL CHECK (state IN ('queued', 'sending', 'retrying', 'sent', 'failed')),
+        objects_total INTEGER NOT NULL DEFAULT 0,
+        objects_sent INTEGER NOT NULL DEFAULT 0,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        last_error TEXT,
+        requested_by TEXT NOT NULL,
+        requested_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        sent_at REAL,
+        PRIMARY KEY (study_uid, destination)
+    );
+    CREATE INDEX pacs_exports_updated ON pacs_exports (updated_at);
+    CREATE TABLE pacs_sent (
+        destination TEXT NOT NULL,
+        sop_uid TEXT NOT NULL,
+        study_uid TEXT NOT NULL,
+        kind TEXT NOT NULL CHECK (kind IN ('image', 'sr', 'heatmap')),
+        sent_at REAL NOT NULL,
+        PRIMARY KEY (destination, sop_uid)
+    );
+    CREATE INDEX pacs_sent_study ON pacs_sent (study_uid, destination);
+    CREATE TABLE pacs_keys (
+        destination TEXT PRIMARY KEY,
+        sealed BLOB NOT NULL,
+        key_id TEXT NOT NULL,
+        created_at REAL NOT NULL
+    );
+    CREATE TABLE pacs_worklist (
+        id INTEGER PRIMARY KEY,
+        match_key TEXT NOT NULL UNIQUE,
+        scheduled_day TEXT NOT NULL,
+        scheduled_at REAL NOT NULL,
+        sealed BLOB NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('scheduled', 'done')),
+        study_uid TEXT,
+        created_at REAL NOT NULL,
+        done_at REAL
+    );
+    CREATE INDEX pacs_worklist_day ON pacs_worklist (scheduled_day, state);
+    CREATE INDEX pacs_worklist_study ON pacs_worklist (study_uid) WHERE study_uid IS NOT NULL;
+    """,
+]
 
 MIGRATIONS: dict[str, list[str]] = {
     "queue": QUEUE,
