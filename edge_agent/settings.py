@@ -29,7 +29,7 @@ from edge_agent.errors import SettingsError
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_HOME = REPO_ROOT / "var"
 ENV_PREFIX = "MAMMO_"
-SECTIONS = ("box", "keystore", "queue", "db", "audit", "log", "kiosk", "console", "dicom", "ingest", "infer", "sync", "provision", "authority")
+SECTIONS = ("box", "keystore", "queue", "db", "audit", "log", "kiosk", "console", "dicom", "ingest", "infer", "sync", "provision", "authority", "pacs")
 
 
 def setting(default: Any, help: str, *, check: typing.Callable[[Any], bool] | None = None, fix: str = "", secret: bool = False) -> Any:
@@ -43,6 +43,16 @@ def _positive(v: Any) -> bool:
 
 def _port(v: int) -> bool:
     return 0 <= v <= 65535
+
+
+def _pacs_destinations(v: str) -> bool:
+    from edge_agent.pacs.destinations import parse_destinations  # late, as _dicom_peers
+
+    try:
+        parse_destinations(v)
+    except SettingsError:
+        return False
+    return True
 
 
 def _dicom_peers(v: str) -> bool:
@@ -172,6 +182,18 @@ class Settings:
     ingest_date_shift_max_days: int = setting(3650, "Upper bound of the per-patient date shift (days into the past) applied when de-identifying; the shift is derived from a box secret so it is stable per patient.", check=_positive, fix="an integer >= 1")
     ingest_quarantine_burned_in: bool = setting(True, "Quarantine for a person's review images flagged BurnedInAnnotation=YES, and images not flagged NO in which a line of text is detected in the pixels.")
     # --- end ingest -----------------------------------------------------------
+    # --- pacs (owned by edge_agent.pacs) ---------------------------------------
+    pacs_destinations: str = setting(
+        "",
+        "Hospital PACS the box sends referred studies to (C-STORE, calling AE dicom_ae_title): a comma-separated list of "
+        "AE_TITLE@host:port/mode, mode identified (the woman's care team: her name, ID and real dates restored) or deidentified "
+        "(research/teleradiology: de-identified again with that destination's own key); /identified when left out. "
+        "Env MAMMO_PACS_DESTINATIONS.",
+        check=_pacs_destinations,
+        fix="a comma-separated list of AE_TITLE@host:port/identified or AE_TITLE@host:port/deidentified, e.g. HOSP_PACS@10.0.5.40:104/identified",
+    )
+    pacs_timeout_s: float = setting(30.0, "Seconds a PACS may take to accept an association, answer the C-ECHO or acknowledge one C-STORE before the export attempt counts as failed (it is retried).", check=_positive, fix="a number of seconds > 0")
+    pacs_max_attempts: int = setting(48, "Attempts of one export before it is marked failed (retry delays grow to queue_backoff_cap_s, so the default keeps trying for about eight hours of PACS outage); `mammo export study` again puts a failed export back in line.", check=_positive, fix="an integer >= 1")
 
     # Derived paths: one place decides where things live under home.
     @property

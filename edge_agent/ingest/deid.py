@@ -56,6 +56,7 @@ class Identity:
     patient_id: str
     birth_date: str
     issuer: str
+    accession: str = ""  # links the images to their modality worklist entry (edge_agent.pacs.worklist), then forgotten
 
 
 @dataclass(frozen=True)
@@ -196,6 +197,7 @@ def capture_identity(ds: Dataset, keys: DeidKeys) -> Identity:
         patient_id=str(ds.get("PatientID", "") or ""),
         birth_date=str(ds.get("PatientBirthDate", "") or ""),
         issuer=str(ds.get("IssuerOfPatientID", "") or ""),
+        accession=str(ds.get("AccessionNumber", "") or ""),
     )
 
 

@@ -62,6 +62,8 @@ STATUS_SUCCESS = 0x0000
 STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_PROCESSING_FAILURE = 0xC000
 VERIFICATION = "1.2.840.10008.1.1"  # the Verification SOP class (C-ECHO)
+MODALITY_WORKLIST_FIND = "1.2.840.10008.5.1.4.31"  # Modality Worklist Information Model - FIND (edge_agent.pacs.worklist)
+STATUS_PENDING = 0xFF00
 # A-ASSOCIATE-RJ: rejected permanent, by the service user, calling AE title not recognised (PS3.8 9.3.4)
 _REJECT_UNKNOWN_CALLING_AE = (0x01, 0x01, 0x03)
 _LOG_REFUSED_EVERY_S = 60.0
@@ -154,6 +156,7 @@ class DicomReceiver:
         for cx in AllStoragePresentationContexts:
             ae.add_supported_context(cast(str, cx.abstract_syntax), ALL_TRANSFER_SYNTAXES)
         ae.add_supported_context(VERIFICATION)
+        ae.add_supported_context(MODALITY_WORKLIST_FIND)  # the unit asks for the day's screenings; known peers only (_on_requested)
         ae.require_called_aet = self.require_called_ae
         s = self.settings
         ae.maximum_pdu_size = s.dicom_max_pdu_bytes
@@ -185,6 +188,7 @@ class DicomReceiver:
             (evt.EVT_CONN_CLOSE, self._on_conn_close),
             (evt.EVT_C_STORE, self._on_store),
             (evt.EVT_C_ECHO, _on_echo),
+            (evt.EVT_C_FIND, self._on_find),
         ]
         ae = self._ae()
         server = cast(_BoundedServer, ae.make_server((self.host, self.port), evt_handlers=handlers, server_class=_BoundedServer))
@@ -438,6 +442,31 @@ class DicomReceiver:
                     with self._lock:
                         state.claimed.discard(str(path))
         return STATUS_SUCCESS if result.kept else STATUS_PROCESSING_FAILURE
+
+    def _on_find(self, event: Event) -> Any:
+        """Modality worklist C-FIND: one pending answer per matching scheduled screening (see edge_agent.pacs.worklist).
+
+        Only associations ``_on_requested`` let in get here; the peer is checked again in case a rule changes.
+        """
+        assoc = event.assoc
+        calling = str(assoc.requestor.ae_title or "").strip()
+        if not peer_rules.is_allowed(self.peers, calling, assoc.requestor.address, allow_loopback=self.settings.dicom_allow_loopback):
+            yield STATUS_PROCESSING_FAILURE, None
+            return
+        worklist = getattr(self.service, "worklist", None)
+        try:
+            answers = list(worklist.find(event.identifier, calling)) if worklist is not None else []
+        except Exception as exc:  # a broken query or an unreadable entry: the unit is told, the receiver goes on
+            log.error("worklist C-FIND from %s failed (%s: %s)", calling, type(exc).__name__, exc)
+            yield STATUS_PROCESSING_FAILURE, None
+            return
+        log.info("worklist C-FIND from %s (%s): %d scheduled screening(s)", calling, assoc.requestor.address, len(answers))
+        for answer in answers:
+            if event.is_cancelled:
+                yield 0xFE00, None  # cancelled by the unit
+                return
+            yield STATUS_PENDING, answer
+        yield STATUS_SUCCESS, None
 
 
 def _titles(assoc: Association) -> tuple[str, str]:

@@ -34,6 +34,7 @@ from edge_agent.ingest.prepare import Options, Prepared, Refused, Request, Unrea
 from edge_agent.ingest.quarantine import Quarantine
 from edge_agent.ingest.records import ACCEPTED, FIXED, QUARANTINED, Fix, IngestResult, StudyRef
 from edge_agent.ingest.work_images import WorkImages
+from edge_agent.pacs.worklist import WorklistBook
 from edge_agent.queue import JobQueue
 from edge_agent.settings import Settings
 from edge_agent.store import transaction
@@ -104,6 +105,7 @@ class IngestService:
         self._master = keystore.master_key()
         self.store = ImageStore(self.paths.images, self._master)
         self.quarantine = Quarantine(db, self.paths.quarantine, self._master)
+        self.worklist = WorklistBook(db, self._master, zone=settings.timezone, clock=clock)  # answers C-FIND; linked below
         self.keys = deid.DeidKeys.from_keystore(keystore, settings.ingest_date_shift_max_days)
         self.limits = limits_of(settings)
         self.options = options_of(settings, self.keys, private_safelist)
@@ -202,6 +204,7 @@ class IngestService:
                 duplicate = db.execute("SELECT digest FROM ingest_instances WHERE sop_uid = ?", [f.sop_uid]).fetchone()
                 self._remember_identity(db, p.identity, now)
                 studies.record_instance(db, study_uid=f.study_uid, pseudonym=p.identity.pseudonym, modality=f.modality, now=now)
+                self.worklist.link_arrival(db, p.identity.patient_id, p.identity.accession, f.study_uid, now)  # a scheduled screening arrived
                 if duplicate is None:
                     db.execute(
                         "INSERT INTO ingest_instances (sop_uid, study_uid, series_uid, digest, size, modality, sop_class, laterality, view, outcome, fixes, source, received_at)"
