@@ -21,6 +21,8 @@ one of these where they enter our code.
      │    ├── IngestUnavailable  the ingest workers are stopped or cannot start: the sender retries
      │    └── QuarantineNotFound  no quarantined file with that id (purged or mistyped)
      ├── ModelError             a model release cannot be loaded, verified or run
+     ├── TrainingError          local training cannot run a round (no model, unusable checkpoint, no sink)
+     │    └── BudgetExceeded    the round would spend more privacy than the model generation's budget has left
      ├── SyncError              federated sync: the outbox, encrypted updates, the coordinator's store and rounds
      │    └── UpdateRejected    an encrypted update is refused (damaged, wrong shape or HE version, too stale): do not resend it
      ├── PacsError              a PACS export or a modality worklist entry cannot be made (edge_agent.pacs)
@@ -115,6 +117,14 @@ class SyncError(MammoError):
 
 class UpdateRejected(SyncError):
     """An encrypted update is refused for good (damaged, another trainable part or HE version, too stale); re-sending it cannot help."""
+
+
+class TrainingError(MammoError):
+    """Local training cannot run a round (no active model, no usable images, no update sink); the message says what to do."""
+
+
+class BudgetExceeded(TrainingError):
+    """A round would take the model generation past its privacy budget; it was not started and nothing was spent."""
 
 
 class PacsError(MammoError):

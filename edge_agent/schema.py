@@ -350,7 +350,69 @@ AUDIT = [
 # "audit" precedes "kiosk": kiosk migration 4 moves the kiosk's rows into audit_log, which must exist by then on an
 # upgraded box as on a new one (each component's scripts run in turn, in this order).
 # Components added in the session that built issues 12-16; each owner appends its scripts to its own list.
-LEARNING: list[str] = []  # local DP training: privacy ledger, rounds, checkpoints, evaluation gate (edge_agent.learning)
+LEARNING: list[str] = [  # local DP training: privacy ledger, rounds, checkpoints, evaluation gate (edge_agent.learning)
+    # 1: the privacy ledger. One generation per base model version with its (epsilon, delta) budget; one row per round,
+    #    written BEFORE its first step with the composed epsilon it will have spent (reserved atomically, so a power cut
+    #    never loses or doubles it), the studies it trains on (fixed for the round, so a resumed round is the same
+    #    mechanism), the evaluation gate's comparison, and the policy's latest decisions with their reasons.
+    """
+    CREATE TABLE learning_generations (
+        base_model_version TEXT PRIMARY KEY,
+        epsilon_budget REAL NOT NULL CHECK (epsilon_budget > 0),
+        delta REAL NOT NULL CHECK (delta > 0 AND delta < 1),
+        created_at REAL NOT NULL
+    );
+    CREATE TABLE learning_rounds (
+        round_id TEXT PRIMARY KEY,
+        base_model_version TEXT NOT NULL REFERENCES learning_generations (base_model_version),
+        state TEXT NOT NULL CHECK (state = 'reserved' OR state = 'running' OR state = 'paused' OR state = 'done'
+                                   OR state = 'failed' OR state = 'released'),
+        noise_multiplier REAL NOT NULL,
+        max_grad_norm REAL NOT NULL,
+        sample_rate REAL NOT NULL,
+        steps INTEGER NOT NULL,
+        steps_done INTEGER NOT NULL DEFAULT 0,
+        delta REAL NOT NULL,
+        epsilon_round REAL NOT NULL,
+        epsilon_total REAL NOT NULL,
+        examples INTEGER NOT NULL,
+        seed INTEGER NOT NULL,
+        update_id TEXT,
+        detail TEXT NOT NULL DEFAULT '',
+        reserved_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        finished_at REAL
+    );
+    CREATE UNIQUE INDEX learning_rounds_one_open ON learning_rounds (base_model_version)
+        WHERE state = 'reserved' OR state = 'running' OR state = 'paused';
+    CREATE TABLE learning_round_studies (
+        round_id TEXT NOT NULL REFERENCES learning_rounds (round_id),
+        study_uid TEXT NOT NULL,
+        label INTEGER NOT NULL CHECK (label = 0 OR label = 1),
+        PRIMARY KEY (round_id, study_uid)
+    );
+    CREATE TABLE learning_gate (
+        round_id TEXT PRIMARY KEY REFERENCES learning_rounds (round_id),
+        decision TEXT NOT NULL CHECK (decision = 'serve' OR decision = 'candidate'),
+        active_auc REAL,
+        adapted_auc REAL,
+        margin REAL NOT NULL,
+        n_studies INTEGER NOT NULL,
+        n_positive INTEGER NOT NULL,
+        reason TEXT NOT NULL,
+        weights_path TEXT,
+        at REAL NOT NULL
+    );
+    CREATE TABLE learning_decisions (
+        id INTEGER PRIMARY KEY,
+        at REAL NOT NULL,
+        train INTEGER NOT NULL,
+        reasons TEXT NOT NULL,
+        observed TEXT NOT NULL
+    );
+    """,
+]
+
 SYNC: list[str] = [  # the federated update outbox and sync state (sync.outbox, sync.service)
     # 1: the outbox of finished local updates (sync.outbox). One row per update_id; sha256 is the SHA-256 of the CKKS
     #    frame (NULL while the box has no startup kit and the delta waits sealed under the box keystore). No TTL: a row

@@ -29,7 +29,7 @@ from edge_agent.errors import SettingsError
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_HOME = REPO_ROOT / "var"
 ENV_PREFIX = "MAMMO_"
-SECTIONS = ("box", "keystore", "queue", "db", "audit", "log", "kiosk", "console", "dicom", "ingest", "infer", "sync", "provision", "authority", "pacs")
+SECTIONS = ("box", "keystore", "queue", "db", "audit", "log", "kiosk", "console", "dicom", "ingest", "infer", "sync", "provision", "authority", "train", "pacs")
 
 
 def setting(default: Any, help: str, *, check: typing.Callable[[Any], bool] | None = None, fix: str = "", secret: bool = False) -> Any:
@@ -53,6 +53,13 @@ def _pacs_destinations(v: str) -> bool:
     except SettingsError:
         return False
     return True
+
+
+def _window_ok(v: str) -> bool:
+    import re
+
+    m = re.fullmatch(r"(\d\d):(\d\d)-(\d\d):(\d\d)", v.strip())
+    return m is not None and int(m[1]) < 24 and int(m[3]) < 24 and int(m[2]) < 60 and int(m[4]) < 60
 
 
 def _dicom_peers(v: str) -> bool:
@@ -182,6 +189,32 @@ class Settings:
     ingest_date_shift_max_days: int = setting(3650, "Upper bound of the per-patient date shift (days into the past) applied when de-identifying; the shift is derived from a box secret so it is stable per patient.", check=_positive, fix="an integer >= 1")
     ingest_quarantine_burned_in: bool = setting(True, "Quarantine for a person's review images flagged BurnedInAnnotation=YES, and images not flagged NO in which a line of text is detected in the pixels.")
     # --- end ingest -----------------------------------------------------------
+    # --- train (owned by edge_agent.learning: opportunistic local training with differential privacy) ---------------
+    train_enabled: bool = setting(True, "Let the box train on its radiologist-confirmed studies when the training policy allows (idle, in the window, cool, on mains). False: no round starts by itself; `mammo train run` still works.")
+    train_window: str = setting(
+        "22:00-06:00", "Local-time window (HH:MM-HH:MM, in the box's time zone; may cross midnight) in which scheduled rounds may run. `mammo train run --force-window` ignores it.",
+        check=lambda v: _window_ok(v), fix="two times HH:MM-HH:MM, e.g. 22:00-06:00",
+    )
+    train_max_load: float = setting(0.5, "Largest 1-minute load average per CPU core at which a round may start or resume (screening and ingest come first).", check=_positive, fix="a number > 0, e.g. 0.5")
+    train_max_temp_c: float = setting(75.0, "Hottest thermal zone (degrees C) at which a round may start; ignored where the platform reports no temperature.", check=_positive, fix="degrees Celsius > 0")
+    train_require_mains: bool = setting(True, "Train only on mains power where the platform reports it (a box on battery or UPS keeps its charge for screening).")
+    train_min_examples: int = setting(16, "Fewest confirmed studies (women, after the held-back part) a round trains on; fewer means no round.", check=_positive, fix="an integer >= 1")
+    train_min_new_examples: int = setting(8, "Fewest studies confirmed since the last round before the schedule starts another one.", check=lambda v: v >= 0, fix="an integer >= 0")
+    train_epsilon_budget: float = setting(1.0, "Differential-privacy budget (epsilon) of one model generation (one base model version), composed over all its rounds with the RDP accountant; a round that would exceed it does not start.", check=_positive, fix="a number > 0, e.g. 1.0")
+    train_delta: float = setting(1e-5, "Differential-privacy delta of the budget, per woman.", check=lambda v: 0 < v < 1, fix="a probability, e.g. 1e-5")
+    train_round_epsilon: float = setting(0.25, "Share of the budget (epsilon, composed) one round plans to spend; the noise multiplier is chosen for it, unless train_noise_multiplier is set.", check=_positive, fix="a number > 0, e.g. 0.25")
+    train_noise_multiplier: float = setting(0.0, "Noise multiplier of DP-SGD; 0 derives it from train_round_epsilon and the number of confirmed studies.", check=lambda v: v >= 0, fix="a number >= 0")
+    train_max_grad_norm: float = setting(1.0, "Per-woman gradient clipping bound of DP-SGD.", check=_positive, fix="a number > 0")
+    train_batch_size: int = setting(8, "Expected number of studies per DP-SGD step (Poisson sampling rate = this / training studies).", check=_positive, fix="an integer >= 1")
+    train_steps: int = setting(60, "DP-SGD steps per round.", check=_positive, fix="an integer >= 1")
+    train_lr: float = setting(0.05, "Learning rate of the SGD steps (momentum 0.9).", check=_positive, fix="a number > 0")
+    train_holdout_fraction: float = setting(0.25, "Share of the box's women (by pseudonym, stable) held back from training to evaluate adapted models (the evaluation gate).", check=lambda v: 0 < v < 1, fix="a fraction between 0 and 1, e.g. 0.25")
+    train_gate_margin: float = setting(0.02, "AUC by which a locally adapted model must beat the active model on the held-back women to be marked for serving this box; otherwise it is only an update candidate.", check=lambda v: v >= 0, fix="an AUC difference >= 0, e.g. 0.02")
+    train_gate_min_cases: int = setting(5, "Fewest held-back positive and negative studies (each) the gate needs to compare; fewer and the result is only a candidate.", check=_positive, fix="an integer >= 1")
+    train_check_interval_s: float = setting(300.0, "Seconds between the scheduler's policy checks (APScheduler job, persisted in $MAMMO_HOME/learning/schedule.sqlite3).", check=_positive, fix="a number of seconds > 0")
+    train_resume_idle_s: float = setting(20.0, "Seconds the inference queue must stay empty before a round paused for screening continues.", check=lambda v: v >= 0, fix="a number of seconds >= 0")
+    train_update_sink: str = setting("sync.outbox:place_update", "Where a finished round's update goes, as module:function(box_db, home, update) -> update_id (the box reaches sync only by this name).",
+                                     check=lambda v: ":" in v, fix="module:function, e.g. sync.outbox:place_update")
     # --- pacs (owned by edge_agent.pacs) ---------------------------------------
     pacs_destinations: str = setting(
         "",
