@@ -99,3 +99,23 @@ def test_non_finite_values_are_never_encrypted(secret: ts.Context):
     bad[3] = np.nan
     with pytest.raises(SyncError, match="NaN"):
         he.encrypt(secret, bad)
+
+
+def test_bench_he_prints_update_bytes_side_by_side_with_plaintext(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-m", "edge_agent.cli", "bench", "he", "--json", "--large", "0", "--counts", "2", "--repeat", "1"],
+                         capture_output=True, text=True, cwd=repo, timeout=300, env={**os.environ, "MAMMO_HOME": str(tmp_path / "home")})
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    part = result["trainable"]
+    assert part["values"] == 20_258 and part["ciphertexts_per_update"] == 5
+    assert part["plaintext_update_bytes"] == 4 * 20_258
+    assert part["ckks_update_bytes"] == result["trainable_ckks_update_bytes"] <= result["update_bytes_budget"]
+    assert part["ckks_over_plaintext_update_bytes"] > 10  # CKKS costs about 14x the plaintext, measured, not assumed
+    assert part["max_abs_error_2"] < 1e-6 and "plaintext" in result["peer"] and "1m" not in result
