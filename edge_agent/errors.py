@@ -21,6 +21,8 @@ one of these where they enter our code.
      │    ├── IngestUnavailable  the ingest workers are stopped or cannot start: the sender retries
      │    └── QuarantineNotFound  no quarantined file with that id (purged or mistyped)
      ├── ModelError             a model release cannot be loaded, verified or run
+     ├── ReportingError         a report or notice cannot be built (unknown study, identity missing)
+     │    └── DeliveryFailed    an endpoint or gateway refused or did not answer: the queue retries
      ├── TrainingError          local training cannot run a round (no model, unusable checkpoint, no sink)
      │    └── BudgetExceeded    the round would spend more privacy than the model generation's budget has left
      ├── SyncError              federated sync: the outbox, encrypted updates, the coordinator's store and rounds
@@ -133,6 +135,14 @@ class PacsError(MammoError):
 
 class PacsUnavailable(PacsError):
     """The PACS did not accept the association, failed the C-ECHO or stopped mid-export; the export is retried."""
+
+
+class ReportingError(MammoError):
+    """A screening report or a notice cannot be built: an unknown study, or what it must carry is missing."""
+
+
+class DeliveryFailed(ReportingError):
+    """The FHIR endpoint or SMS gateway was down, slow, refused or answered garbage; the job stays queued and is retried."""
 
 
 class KioskError(MammoError):

@@ -452,7 +452,30 @@ SYNC: list[str] = [  # the federated update outbox and sync state (sync.outbox, 
     );
     """,
 ]
-REPORTING: list[str] = []  # FHIR report delivery and SMS notices (edge_agent.reporting)
+REPORTING: list[str] = [  # FHIR report delivery and SMS notices (edge_agent.reporting)
+    # 1: one row per study and channel (fhir: the official FHIR endpoint; sms: one row per family-doctor number, target
+    #    masked) with what happened last, so the kiosk, the console and `mammo report list` show it; the work itself is in
+    #    the durable queue (report, notify). identifier is the stable key the receiver de-duplicates on (conditional
+    #    create), so a resend after a crash or a restart never creates a second report. No patient data in any column.
+    """
+    CREATE TABLE reporting_deliveries (
+        study_uid TEXT NOT NULL,
+        channel TEXT NOT NULL CHECK (channel = 'fhir' OR channel = 'sms'),
+        target TEXT NOT NULL DEFAULT '',
+        state TEXT NOT NULL CHECK (state = 'disabled' OR state = 'awaiting_confirmation' OR state = 'queued' OR state = 'sending'
+                                   OR state = 'retrying' OR state = 'delivered' OR state = 'failed'),
+        detail TEXT NOT NULL DEFAULT '',
+        identifier TEXT,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        delivered_at REAL,
+        PRIMARY KEY (study_uid, channel, target)
+    );
+    CREATE INDEX reporting_deliveries_state ON reporting_deliveries (channel, state);
+    CREATE INDEX reporting_deliveries_delivered ON reporting_deliveries (channel, delivered_at) WHERE delivered_at IS NOT NULL;
+    """,
+]
 PACS: list[str] = [  # PACS export outbox and the modality worklist (edge_agent.pacs)
     # 1: per-destination export state (the job itself is in the queue, queue 'pacs'), the objects each destination has
     #    acknowledged (a resumed export skips them; resent ones keep their UIDs), each de-identified destination's own
