@@ -29,7 +29,7 @@ from edge_agent.errors import SettingsError
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_HOME = REPO_ROOT / "var"
 ENV_PREFIX = "MAMMO_"
-SECTIONS = ("box", "keystore", "queue", "db", "audit", "log", "kiosk", "console", "dicom", "ingest", "infer", "sync", "provision", "authority", "train", "pacs")
+SECTIONS = ("box", "keystore", "queue", "db", "audit", "log", "kiosk", "console", "dicom", "ingest", "infer", "sync", "provision", "authority", "train", "pacs", "report", "sms", "metrics")
 
 
 def setting(default: Any, help: str, *, check: typing.Callable[[Any], bool] | None = None, fix: str = "", secret: bool = False) -> Any:
@@ -53,6 +53,27 @@ def _pacs_destinations(v: str) -> bool:
     except SettingsError:
         return False
     return True
+
+
+def _window_ok(v: str) -> bool:
+    import re
+
+    m = re.fullmatch(r"(\d\d):(\d\d)-(\d\d):(\d\d)", v.strip())
+    return m is not None and int(m[1]) < 24 and int(m[3]) < 24 and int(m[2]) < 60 and int(m[4]) < 60
+
+
+def _http_url(v: str) -> bool:
+    """Empty, or an absolute http(s) URL with a host and no query or fragment (a typo must stop the box, not every send)."""
+    if v == "":
+        return True
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(v)
+        port_ok = parts.port is None or 0 < parts.port < 65536
+    except ValueError:
+        return False
+    return parts.scheme in {"http", "https"} and bool(parts.hostname) and port_ok and not parts.query and not parts.fragment and " " not in v
 
 
 def _window_ok(v: str) -> bool:
@@ -227,6 +248,66 @@ class Settings:
     )
     pacs_timeout_s: float = setting(30.0, "Seconds a PACS may take to accept an association, answer the C-ECHO or acknowledge one C-STORE before the export attempt counts as failed (it is retried).", check=_positive, fix="a number of seconds > 0")
     pacs_max_attempts: int = setting(48, "Attempts of one export before it is marked failed (retry delays grow to queue_backoff_cap_s, so the default keeps trying for about eight hours of PACS outage); `mammo export study` again puts a failed export back in line.", check=_positive, fix="an integer >= 1")
+
+    # --- report / sms / metrics (owned by edge_agent.reporting) ----------------
+    report_fhir_enabled: bool = setting(
+        False,
+        "Send each radiologist-confirmed screening report, identified (name, patient ID, birth date), as a FHIR R4 transaction "
+        "Bundle to report_fhir_url: the one official channel on which identified data leaves the box; every send is in the audit trail. "
+        "Off: nothing is sent and each report shows 'disabled'.",
+    )
+    report_fhir_url: str = setting(
+        "",
+        "Base URL of the FHIR R4 endpoint the Bundles are POSTed to (http:// or https://, no query). Checked at start-up. "
+        "Env MAMMO_REPORT_FHIR_URL.",
+        check=lambda v: _http_url(v), fix="empty, or an absolute http(s) URL such as https://fhir.example.gov.tr/fhir",
+    )
+    report_fhir_token: str | None = setting(None, "Bearer token sent to report_fhir_url (Authorization header); unset sends none.", secret=True)
+    report_fhir_timeout_s: float = setting(15.0, "Seconds one FHIR send may take (connect, write and answer) before the attempt counts as failed and is retried.", check=_positive, fix="a number of seconds > 0")
+    report_max_attempts: int = setting(150, "Attempts of one report send before it is marked failed (retry delays grow to queue_backoff_cap_s, so the default keeps trying for about a day of endpoint outage); `mammo report send STUDY` or `mammo queue requeue report` puts it back in line.", check=_positive, fix="an integer >= 1")
+    report_adapter: str = setting(
+        "fhir",
+        "What the national record receives: fhir (the Bundle itself) or enabiz (e-Nabız's own package format: the adapter interface "
+        "exists, a production adapter does not yet, so the box refuses to start with it; see README, Reporting out).",
+        check=lambda v: v in {"fhir", "enabiz"}, fix="fhir or enabiz",
+    )
+    report_patient_id_system: str = setting(
+        "urn:mammoai-tr:patient-id",
+        "FHIR identifier system written for the Patient ID the modality sends (in Türkiye usually the T.C. Kimlik No: set the receiving "
+        "system's URI for it here). The receiver matches patients on it.",
+        check=lambda v: ":" in v and " " not in v, fix="a URI such as urn:oid:... or https://...",
+    )
+    sms_enabled: bool = setting(False, "Send the family doctor a short Turkish SMS (no diagnosis, no name: a study reference) when a study needs priority radiologist review.")
+    sms_gateway_url: str = setting(
+        "",
+        "HTTP SMS gateway the notices are POSTed to as JSON {to, text, sender, reference}. Checked at start-up. Env MAMMO_SMS_GATEWAY_URL.",
+        check=lambda v: _http_url(v), fix="empty, or an absolute http(s) URL such as https://sms.example.com.tr/api/send",
+    )
+    sms_gateway_token: str | None = setting(None, "Bearer token sent to sms_gateway_url; unset sends none.", secret=True)
+    sms_recipients: str = setting(
+        "",
+        "Mobile numbers of the clinic's family doctors who get the notice, comma-separated, international form (+905321234567).",
+        check=lambda v: all(p.strip().startswith("+") and p.strip()[1:].isdigit() and 8 <= len(p.strip()) <= 16 for p in v.split(",") if p.strip()),
+        fix="a comma-separated list of numbers like +905321234567",
+    )
+    sms_sender: str = setting("MAMMOAI", "Sender name (originator) the gateway shows, as registered with the operator.")
+    sms_timeout_s: float = setting(10.0, "Seconds one SMS gateway call may take before the attempt counts as failed and is retried.", check=_positive, fix="a number of seconds > 0")
+    sms_max_attempts: int = setting(30, "Attempts of one SMS before it is marked failed (about four hours of gateway outage with the default backoff).", check=_positive, fix="an integer >= 1")
+    sms_per_minute: int = setting(6, "Most SMS the box sends in any 60 seconds; more wait their turn in the notify queue.", check=_positive, fix="an integer >= 1")
+    sms_per_hour: int = setting(60, "Most SMS the box sends in any hour; more wait their turn in the notify queue.", check=_positive, fix="an integer >= 1")
+    metrics_enabled: bool = setting(True, "Serve Prometheus metrics at http://metrics_host:metrics_port/metrics while `mammo up` runs.")
+    metrics_host: str = setting("127.0.0.1", "Address the Prometheus endpoint listens on (0.0.0.0 to let a fleet Prometheus reach it over the clinic's VPN). Env MAMMO_METRICS_HOST.")
+    metrics_port: int = setting(9464, "TCP port of the Prometheus endpoint (0: any free port, logged). Env MAMMO_METRICS_PORT.", check=_port, fix="a TCP port 0-65535")
+
+    # Federated sync over Flower (sync.service on a box, `mammo coordinator up` on the coordinator).
+    sync_enabled: bool = setting(True, "Run the box's Flower SuperNode while `mammo up` runs, once a startup kit with a coordinator address is installed; false keeps every finished update in the outbox and never connects.")
+    sync_superlink: str = setting("", "host:port the SuperNode dials instead of the kit's coordinator address (a tunnel, a relay, or the test proxy); empty uses the kit's. Env MAMMO_SYNC_SUPERLINK.")
+    sync_supernode_port: int = setting(0, "Local port of the SuperNode's own Runtime API (Flower opens one per node; 0: a free port at each start).", check=_port, fix="a TCP port 0-65535")
+    sync_coordinator_host: str = setting("127.0.0.1", "Address the coordinator's SuperLink listens on (`mammo coordinator up`); its TLS certificate names it.")
+    sync_coordinator_port: int = setting(9092, "TCP port of the coordinator's SuperLink (Fleet, Control and Runtime APIs over HTTPS; 0: a free port).", check=_port, fix="a TCP port 0-65535")
+    sync_poll_s: float = setting(5.0, "Seconds the coordinator waits after a box answered before asking it again (each ask starts a ClientApp process on the box).", check=_positive, fix="seconds > 0, e.g. 5")
+    sync_reply_timeout_s: float = setting(120.0, "Seconds the coordinator waits for a box's answer before asking again (a dropped link loses the ask; the box's outbox keeps the update).", check=_positive, fix="seconds > 0, e.g. 120")
+    sync_admit_every_s: float = setting(10.0, "Seconds between the coordinator's reads of the authority's issued and revoked certificates (a revoked box is unregistered at the SuperLink within this time).", check=_positive, fix="seconds > 0, e.g. 10")
 
     # The coordinator's aggregation rule (sync.coordinator.strategy: FedBuff-style, buffered and asynchronous).
     sync_buffer_k: int = setting(3, "The coordinator aggregates as soon as this many distinct admissible encrypted updates wait (FedBuff's K).", check=_positive, fix="an integer >= 1")
