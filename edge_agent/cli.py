@@ -30,7 +30,7 @@ __all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_REFUSED", "EXIT_U
 
 # Packages that add subcommands: module path -> present only once built.
 PLUGINS = ("edge_agent.commands", "edge_agent.keys_cli", "edge_agent.audit_cli", "edge_agent.ingest.cli", "models.cli", "hardware_profiles.cli", "edge_agent.inference.cli", "kiosk_ui.cli", "provisioning.cli", "edge_agent.console.cli",
-           "edge_agent.learning.cli", "sync.he_cli", "sync.cli", "edge_agent.reporting.cli", "edge_agent.pacs.cli")
+           "edge_agent.learning.cli", "sync.he_cli", "sync.cli", "sync.fl_cli", "edge_agent.reporting.cli", "edge_agent.pacs.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:
