@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 import sqlite_utils
 
-from edge_agent.errors import IntegrityError, SyncError
+from edge_agent.errors import IntegrityError, ProvisioningError, SyncError
 from edge_agent.store import transaction
 from provisioning import enrolment
 from provisioning import he as he_material
@@ -303,10 +303,14 @@ def _open_keystore(home: Path) -> Keystore:
 def _kit_context(keystore: Keystore, home: Path) -> tuple[Any, int] | None:
     """The clinics' CKKS context and its HE version from the installed kit, or None when the box has no kit."""
     folder = home / "provisioning"
-    kit = enrolment.installed_kit(folder)
-    if kit is None:
+    try:
+        kit = enrolment.installed_kit(folder)
+        if kit is None:
+            return None
+        return he_material.load_context(enrolment.he_secret_context(keystore, folder), need_secret=True), kit.he_version
+    except (ProvisioningError, IntegrityError) as exc:  # a damaged kit must not cost the update: keep it sealed until the kit is fixed
+        log.error("The installed startup kit cannot give the HE context (%s); updates wait sealed (awaiting_kit) until it is reinstalled.", exc)
         return None
-    return he_material.load_context(enrolment.he_secret_context(keystore, folder), need_secret=True), kit.he_version
 
 
 def _row(update: LocalUpdate, now: float) -> dict[str, Any]:

@@ -206,12 +206,13 @@ def generations(db: sqlite_utils.Database) -> dict[str, int]:
 
 
 def receive(db: sqlite_utils.Database, incoming: Incoming, data: bytes, *, public_ctx: ts.Context | None = None,
-            config: StrategyConfig | None = None, now: float | None = None) -> Receipt:
+            config: StrategyConfig | None = None, he_version: int | None = None, now: float | None = None) -> Receipt:
     """Keep one uploaded update, or say why not.  The same hash twice is a no-op reported as "duplicate".
 
     Raises ``IntegrityError`` (nothing stored) when the bytes do not hash to what the box
     announced: a transfer fault, so the box simply sends again.  With ``public_ctx`` every
-    ciphertext is deserialised and checked (size, level, scale) before it is accepted.
+    ciphertext is deserialised and checked (size, level, scale) before it is accepted; with
+    ``he_version`` (that context's version) an update under another CKKS key is rejected.
     """
     now = time.time() if now is None else now
     if he.sha256(data) != incoming.sha256:
@@ -227,7 +228,7 @@ def receive(db: sqlite_utils.Database, incoming: Incoming, data: bytes, *, publi
     elif incoming.value_count <= 0:
         reason = "no values"
     else:
-        reason = admissible(_buffered(incoming, base, now), model.generation, model.spec_digest, config or StrategyConfig())
+        reason = admissible(_buffered(incoming, base, now), model.generation, model.spec_digest, config or StrategyConfig(), he_version=he_version)
     if reason is None:
         try:
             info = he.frame_info(data)
@@ -270,7 +271,8 @@ def _count_duplicate(db: sqlite_utils.Database, incoming: Incoming, now: float) 
 
 
 def _buffered(incoming: Incoming, base: int, now: float) -> Buffered:
-    return Buffered(incoming.sha256, incoming.box_id, incoming.update_id, base, incoming.example_count, incoming.epsilon, now, incoming.spec_digest)
+    return Buffered(incoming.sha256, incoming.box_id, incoming.update_id, base, incoming.example_count, incoming.epsilon, now, incoming.spec_digest,
+                    incoming.he_version)
 
 
 def receipt_of(db: sqlite_utils.Database, sha: str) -> Receipt | None:
@@ -286,7 +288,7 @@ def receipt_of(db: sqlite_utils.Database, sha: str) -> Receipt | None:
 
 def buffer(db: sqlite_utils.Database) -> list[Buffered]:
     """The accepted updates waiting for a round, oldest first."""
-    rows = db.execute("SELECT sha256, box_id, update_id, base_generation, example_count, epsilon, received_at, spec_digest FROM fl_updates "
+    rows = db.execute("SELECT sha256, box_id, update_id, base_generation, example_count, epsilon, received_at, spec_digest, he_version FROM fl_updates "
                       "WHERE state = 'buffered' ORDER BY received_at, sha256").fetchall()
     return [Buffered(*r) for r in rows]
 

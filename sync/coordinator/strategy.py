@@ -74,6 +74,7 @@ class Buffered:
     epsilon: float
     received_at: float
     spec_digest: str
+    he_version: int | None = None  # the clinics' CKKS key version it was encrypted under (from the box's kit)
 
 
 @dataclass(frozen=True)
@@ -116,8 +117,15 @@ def staleness_factor(s: int, exponent: float) -> float:
     return float((1 + s) ** -exponent)
 
 
-def admissible(update: Buffered, current_generation: int, spec_digest: str, config: StrategyConfig) -> str | None:
-    """Why ``update`` cannot join a round on the current model (None when it can)."""
+def admissible(update: Buffered, current_generation: int, spec_digest: str, config: StrategyConfig, *, he_version: int | None = None) -> str | None:
+    """Why ``update`` cannot join a round on the current model (None when it can).
+
+    With ``he_version`` (the version of the public context the coordinator aggregates
+    with), an update encrypted under another CKKS key is refused: ciphertexts of two keys
+    add up to noise, silently.
+    """
+    if he_version is not None and update.he_version != he_version:
+        return f"encrypted under HE key version {update.he_version}, the coordinator aggregates version {he_version}: the box needs the current startup kit"
     if update.spec_digest != spec_digest:
         return f"trainable part {update.spec_digest[:12]}… is not the current model's ({spec_digest[:12]}…): update the box's model"
     s = staleness(update.base_generation, current_generation)
@@ -155,7 +163,8 @@ def trigger(ready: Sequence[Buffered], now: float, config: StrategyConfig) -> st
     return None
 
 
-def plan_round(buffer: Iterable[Buffered], *, current_generation: int, spec_digest: str, now: float, config: StrategyConfig) -> RoundPlan | None:
+def plan_round(buffer: Iterable[Buffered], *, current_generation: int, spec_digest: str, now: float, config: StrategyConfig,
+               he_version: int | None = None) -> RoundPlan | None:
     """The next round over the buffer, or None when it should keep waiting.
 
     Inadmissible updates are reported in ``rejected`` whether or not a round is due, so the
@@ -166,7 +175,7 @@ def plan_round(buffer: Iterable[Buffered], *, current_generation: int, spec_dige
     rejected: list[tuple[str, str]] = []
     ready: list[Buffered] = []
     for u in unique:
-        reason = admissible(u, current_generation, spec_digest, config)
+        reason = admissible(u, current_generation, spec_digest, config, he_version=he_version)
         if reason:
             rejected.append((u.sha256, reason))
         else:

@@ -91,7 +91,7 @@ def test_bytes_damaged_in_transit_are_not_stored_and_can_be_sent_again(coord, bo
     assert store.receive(coord, incoming, data, public_ctx=public, config=CFG).status == "accepted"
 
 
-@pytest.mark.parametrize("case", ["unknown_base", "wrong_count", "foreign_spec", "aggregate_as_update"])
+@pytest.mark.parametrize("case", ["unknown_base", "wrong_count", "foreign_spec", "aggregate_as_update", "other_he_key"])
 def test_unusable_updates_are_rejected_for_good_and_stay_rejected(coord, boxes, public, case):
     incoming, data = send(boxes[2], make_update(4, base="9.9.9" if case == "unknown_base" else "0.1.0"))
     if case == "wrong_count":
@@ -101,9 +101,10 @@ def test_unusable_updates_are_rejected_for_good_and_stay_rejected(coord, boxes, 
     elif case == "aggregate_as_update":
         data = he.weighted_sum(public, [(1.0, data)])
         incoming = store.Incoming.from_metadata(incoming.box_id, {**incoming.__dict__, "sha256": he.sha256(data)})
-    receipt = store.receive(coord, incoming, data, public_ctx=public, config=CFG)
+    he_version = 2 if case == "other_he_key" else 1  # as after the authority rotated the clinics' CKKS key
+    receipt = store.receive(coord, incoming, data, public_ctx=public, config=CFG, he_version=he_version)
     assert receipt.status == "rejected" and receipt.reason and not receipt.acknowledged
-    assert store.receive(coord, incoming, data, public_ctx=public, config=CFG).status == "rejected"  # a resend gets the same answer
+    assert store.receive(coord, incoming, data, public_ctx=public, config=CFG, he_version=he_version).status == "rejected"  # a resend gets the same answer
     assert store.buffer(coord) == []
     assert outbox.reject(boxes[2].db, outbox.pending(boxes[2].db)[-1].sha256 or "", receipt.reason or "")
 

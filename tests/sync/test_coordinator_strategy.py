@@ -53,6 +53,13 @@ def test_too_stale_foreign_spec_and_future_base_are_rejected_with_reasons():
     assert "staleness 4 > bound 2" in reasons["old"] and "trainable part" in reasons["spec"] and "newer" in reasons["future"]
 
 
+def test_an_update_under_another_he_key_is_never_added():
+    buf = [Buffered("new", "b1", "u1", 5, 10, 0.5, 0.0, SPEC, 2), Buffered("old", "b2", "u2", 5, 10, 0.5, 0.0, SPEC, 1)]
+    plan = plan_round(buf, current_generation=5, spec_digest=SPEC, now=1e9, config=CFG, he_version=2)
+    assert plan is not None and plan.contributions == ()  # one left: below min_updates
+    assert [sha for sha, _ in plan.rejected] == ["old"] and "HE key version 1" in plan.rejected[0][1]
+
+
 def test_duplicates_by_hash_or_by_box_and_update_id_count_once():
     kept, dupes = dedupe([upd("a", at=0), upd("a", at=1), upd("x", box="b1", uid="u1", at=2), upd("y", box="b1", uid="u1", at=3), upd("z", box="b2", uid="u1", at=4)])
     assert [u.sha256 for u in kept] == ["a", "x", "z"] and dupes == ["a", "y"]

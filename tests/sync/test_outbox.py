@@ -122,6 +122,18 @@ def test_without_a_kit_the_update_waits_sealed_and_is_encrypted_when_a_kit_arriv
     assert np.abs(decrypt_sent(box, outbox.ciphertext(box.db, sha)) - update.delta).max() < 1e-6
 
 
+def test_a_damaged_kit_does_not_cost_the_update(enrolled: TestBox):
+    kit = enrolled.folder / "kit.json"
+    good = kit.read_bytes()
+    kit.write_bytes(good[: len(good) // 2])  # a torn copy
+    update = make_update(8)
+    outbox.place_update(enrolled.db, enrolled.home, update, keystore=enrolled.keystore)
+    assert outbox.get(enrolled.db, update.update_id).state == "awaiting_kit"  # type: ignore[union-attr]
+    kit.write_bytes(good)  # reinstalled
+    [sha] = outbox.encrypt_awaiting(enrolled.db, enrolled.home, keystore=enrolled.keystore)
+    assert np.abs(decrypt_sent(enrolled, outbox.ciphertext(enrolled.db, sha)) - update.delta).max() < 1e-6
+
+
 def test_a_ciphertext_damaged_on_disk_is_never_sent(enrolled: TestBox):
     outbox.place_update(enrolled.db, enrolled.home, make_update(6), keystore=enrolled.keystore)
     sha = outbox.pending(enrolled.db)[0].sha256 or ""
