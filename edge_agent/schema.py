@@ -303,6 +303,39 @@ KIOSK = [
                CASE WHEN details = '{}' THEN '' ELSE coalesce(json_extract(details, '$.detail'), details) END AS detail
         FROM audit_log;
     """,
+    # 5: the clinic's work on a study (kiosk_workflow: first seen, referred, closed; "assessed" and "report received" follow
+    #    from kiosk_feedback and kiosk_radiology_reports) and the radiologist's answer that closes the loop. Each report row
+    #    is one entry (a later one, e.g. with the biopsy result, supersedes the earlier for that study); follow_up_due is
+    #    when the woman must come back. Local training and the sync helpers read kiosk_radiology_reports: keep the column
+    #    names and meanings (birads 0-6, density A-D, recommendation, biopsy_result malignant|benign|NULL, source
+    #    radiologist|radiology_report, entered_by, created_at).
+    """
+    CREATE TABLE kiosk_workflow (
+        study_uid TEXT PRIMARY KEY,
+        seen_at REAL,
+        seen_by TEXT,
+        referred_at REAL,
+        referred_by TEXT,
+        closed_at REAL,
+        closed_by TEXT
+    );
+    CREATE TABLE kiosk_radiology_reports (
+        id INTEGER PRIMARY KEY,
+        study_uid TEXT NOT NULL,
+        birads INTEGER NOT NULL CHECK (birads BETWEEN 0 AND 6),
+        density TEXT NOT NULL CHECK (density IN ('A', 'B', 'C', 'D')),
+        recommendation TEXT NOT NULL CHECK (recommendation IN ('routine', 'short_interval', 'additional_imaging', 'biopsy')),
+        biopsy_result TEXT CHECK (biopsy_result IN ('malignant', 'benign')),
+        source TEXT NOT NULL CHECK (source IN ('radiologist', 'radiology_report')),
+        entered_by TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        follow_up_due REAL,
+        notes TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX kiosk_radiology_reports_study ON kiosk_radiology_reports (study_uid, id);
+    CREATE INDEX kiosk_radiology_reports_due ON kiosk_radiology_reports (follow_up_due);
+    CREATE INDEX ingest_studies_pseudonym ON ingest_studies (pseudonym, first_seen);
+    """,
 ]
 
 AUDIT = [

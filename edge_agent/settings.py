@@ -45,6 +45,16 @@ def _port(v: int) -> bool:
     return 0 <= v <= 65535
 
 
+def _zone_ok(v: str) -> bool:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(v)
+    except (ZoneInfoNotFoundError, ValueError):
+        return False
+    return True
+
+
 def _pacs_destinations(v: str) -> bool:
     from edge_agent.pacs.destinations import parse_destinations  # late, as _dicom_peers
 
@@ -55,13 +65,6 @@ def _pacs_destinations(v: str) -> bool:
     return True
 
 
-def _window_ok(v: str) -> bool:
-    import re
-
-    m = re.fullmatch(r"(\d\d):(\d\d)-(\d\d):(\d\d)", v.strip())
-    return m is not None and int(m[1]) < 24 and int(m[3]) < 24 and int(m[2]) < 60 and int(m[4]) < 60
-
-
 def _http_url(v: str) -> bool:
     """Empty, or an absolute http(s) URL with a host and no query or fragment (a typo must stop the box, not every send)."""
     if v == "":
@@ -81,20 +84,6 @@ def _window_ok(v: str) -> bool:
 
     m = re.fullmatch(r"(\d\d):(\d\d)-(\d\d):(\d\d)", v.strip())
     return m is not None and int(m[1]) < 24 and int(m[3]) < 24 and int(m[2]) < 60 and int(m[4]) < 60
-
-
-def _http_url(v: str) -> bool:
-    """Empty, or an absolute http(s) URL with a host and no query or fragment (a typo must stop the box, not every send)."""
-    if v == "":
-        return True
-    from urllib.parse import urlsplit
-
-    try:
-        parts = urlsplit(v)
-        port_ok = parts.port is None or 0 < parts.port < 65536
-    except ValueError:
-        return False
-    return parts.scheme in {"http", "https"} and bool(parts.hostname) and port_ok and not parts.query and not parts.fragment and " " not in v
 
 
 def _dicom_peers(v: str) -> bool:
@@ -113,6 +102,9 @@ class Settings:
     home: Path = setting(DEFAULT_HOME, "Data directory holding every piece of state (database, keystore, images, logs). Env MAMMO_HOME.")
     box_name: str = setting("Demo Aile Sağlığı Merkezi", "Human name of this clinic box, shown in the kiosk and the console.")
     box_city: str = setting("Kayseri", "City of the clinic, shown on referrals.")
+    timezone: str = setting("Europe/Istanbul", "IANA time zone of the clinic: every time the kiosk shows or prints (worklist, study, referral, audit, "
+                            "'today' counts, follow-up dates) is in it, whatever zone the box's clock runs in (often UTC).",
+                            check=lambda v: _zone_ok(v), fix="an IANA zone name such as Europe/Istanbul")
     # --- keystore ------------------------------------------------------------
     keystore_passphrase: str | None = setting(
         None,
@@ -329,56 +321,6 @@ class Settings:
     sync_min_updates: int = setting(1, "Fewest updates a deadline round aggregates (at most sync_buffer_k). More hides each clinic's update in a larger mean.", check=_positive, fix="an integer >= 1, at most sync_buffer_k")
     sync_max_staleness: int = setting(4, "Most global model generations an update's base model may lag behind the current one; an older update is rejected and its box told why.", check=lambda v: v >= 0, fix="an integer >= 0")
     sync_staleness_exponent: float = setting(0.5, "Staleness weighting: an update s generations behind counts (1 + s) ** -exponent times its example count (0.5: 1/sqrt(1+s); 0: no discount).", check=lambda v: v >= 0, fix="a number >= 0, e.g. 0.5")
-
-    # --- report / sms / metrics (owned by edge_agent.reporting) ----------------
-    report_fhir_enabled: bool = setting(
-        False,
-        "Send each radiologist-confirmed screening report, identified (name, patient ID, birth date), as a FHIR R4 transaction "
-        "Bundle to report_fhir_url: the one official channel on which identified data leaves the box; every send is in the audit trail. "
-        "Off: nothing is sent and each report shows 'disabled'.",
-    )
-    report_fhir_url: str = setting(
-        "",
-        "Base URL of the FHIR R4 endpoint the Bundles are POSTed to (http:// or https://, no query). Checked at start-up. "
-        "Env MAMMO_REPORT_FHIR_URL.",
-        check=lambda v: _http_url(v), fix="empty, or an absolute http(s) URL such as https://fhir.example.gov.tr/fhir",
-    )
-    report_fhir_token: str | None = setting(None, "Bearer token sent to report_fhir_url (Authorization header); unset sends none.", secret=True)
-    report_fhir_timeout_s: float = setting(15.0, "Seconds one FHIR send may take (connect, write and answer) before the attempt counts as failed and is retried.", check=_positive, fix="a number of seconds > 0")
-    report_max_attempts: int = setting(150, "Attempts of one report send before it is marked failed (retry delays grow to queue_backoff_cap_s, so the default keeps trying for about a day of endpoint outage); `mammo report send STUDY` or `mammo queue requeue report` puts it back in line.", check=_positive, fix="an integer >= 1")
-    report_adapter: str = setting(
-        "fhir",
-        "What the national record receives: fhir (the Bundle itself) or enabiz (e-Nabız's own package format: the adapter interface "
-        "exists, a production adapter does not yet, so the box refuses to start with it; see README, Reporting out).",
-        check=lambda v: v in {"fhir", "enabiz"}, fix="fhir or enabiz",
-    )
-    report_patient_id_system: str = setting(
-        "urn:mammoai-tr:patient-id",
-        "FHIR identifier system written for the Patient ID the modality sends (in Türkiye usually the T.C. Kimlik No: set the receiving "
-        "system's URI for it here). The receiver matches patients on it.",
-        check=lambda v: ":" in v and " " not in v, fix="a URI such as urn:oid:... or https://...",
-    )
-    sms_enabled: bool = setting(False, "Send the family doctor a short Turkish SMS (no diagnosis, no name: a study reference) when a study needs priority radiologist review.")
-    sms_gateway_url: str = setting(
-        "",
-        "HTTP SMS gateway the notices are POSTed to as JSON {to, text, sender, reference}. Checked at start-up. Env MAMMO_SMS_GATEWAY_URL.",
-        check=lambda v: _http_url(v), fix="empty, or an absolute http(s) URL such as https://sms.example.com.tr/api/send",
-    )
-    sms_gateway_token: str | None = setting(None, "Bearer token sent to sms_gateway_url; unset sends none.", secret=True)
-    sms_recipients: str = setting(
-        "",
-        "Mobile numbers of the clinic's family doctors who get the notice, comma-separated, international form (+905321234567).",
-        check=lambda v: all(p.strip().startswith("+") and p.strip()[1:].isdigit() and 8 <= len(p.strip()) <= 16 for p in v.split(",") if p.strip()),
-        fix="a comma-separated list of numbers like +905321234567",
-    )
-    sms_sender: str = setting("MAMMOAI", "Sender name (originator) the gateway shows, as registered with the operator.")
-    sms_timeout_s: float = setting(10.0, "Seconds one SMS gateway call may take before the attempt counts as failed and is retried.", check=_positive, fix="a number of seconds > 0")
-    sms_max_attempts: int = setting(30, "Attempts of one SMS before it is marked failed (about four hours of gateway outage with the default backoff).", check=_positive, fix="an integer >= 1")
-    sms_per_minute: int = setting(6, "Most SMS the box sends in any 60 seconds; more wait their turn in the notify queue.", check=_positive, fix="an integer >= 1")
-    sms_per_hour: int = setting(60, "Most SMS the box sends in any hour; more wait their turn in the notify queue.", check=_positive, fix="an integer >= 1")
-    metrics_enabled: bool = setting(True, "Serve Prometheus metrics at http://metrics_host:metrics_port/metrics while `mammo up` runs.")
-    metrics_host: str = setting("127.0.0.1", "Address the Prometheus endpoint listens on (0.0.0.0 to let a fleet Prometheus reach it over the clinic's VPN). Env MAMMO_METRICS_HOST.")
-    metrics_port: int = setting(9464, "TCP port of the Prometheus endpoint (0: any free port, logged). Env MAMMO_METRICS_PORT.", check=_port, fix="a TCP port 0-65535")
 
     # Derived paths: one place decides where things live under home.
     @property

@@ -9,7 +9,6 @@ request is refused. PHI views, exports and prints go to the audit trail.
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 from pathlib import Path
 from typing import Any
@@ -37,11 +36,12 @@ from edge_agent.errors import (
     UploadRejected,
 )
 from edge_agent.settings import Settings
-from kiosk_ui import auth, referral, throttle, wording
+from kiosk_ui import auth, clinic_time, referral, throttle, wording
 from kiosk_ui.i18n import LANGUAGES, catalog, decimal, percent, person_name, pick_language, upper
 from kiosk_ui.model_info import drawn_heatmaps, performance_lines
-from kiosk_ui.records import BIRADS, DENSITIES, STATUSES, TRIAGES, AuditQuery, FeedbackInput, Session, WorklistQuery
+from kiosk_ui.records import BIRADS, DENSITIES, STATUSES, TRIAGES, AuditQuery, FeedbackInput, ReportInput, Session, WorklistQuery
 from kiosk_ui.services import KioskServices
+from kiosk_ui.workflow import BIOPSY_RESULTS, RECOMMENDATIONS, WORKFLOW_STATES
 
 log = logging.getLogger(__name__)
 HERE = Path(__file__).resolve().parent
@@ -171,17 +171,26 @@ async def set_language(request: Request, code: FromPath[str]) -> Redirect:
 # -- worklist and study ------------------------------------------------------------------------
 @get("/worklist")
 async def worklist(request: Request) -> Template:
-    q, status, triage, days = (_q(request, k) for k in ("q", "status", "triage", "days"))
+    q, status, triage, days, flow = (_q(request, k) for k in ("q", "status", "triage", "days", "flow"))
     session = _session(request, "worklist")
     svc = _services(request)
     query = WorklistQuery(q=q[:100], status=status if status in STATUSES else "", triage=triage if triage in TRIAGES else "",
-                          days=int(days) if days.isdigit() and int(days) <= 36500 else None)
+                          days=int(days) if days.isdigit() and int(days) <= 36500 else None, flow=flow if flow in WORKFLOW_STATES else "")
     rows = svc.worklist(query)
     if query.q.strip():  # whom someone looked for is itself PHI access: the term goes to the trail
         svc.audit(session.user.username, "search_worklist", None, f"{query.q.strip()!r}: {len(rows)} row(s)")
     else:
         svc.audit(session.user.username, "view_worklist", None, f"{len(rows)} row(s)")
-    return _page(request, "worklist.html", session, rows=rows, query=query, statuses=STATUSES, triages=TRIAGES)
+    return _page(request, "worklist.html", session, rows=rows, query=query, statuses=STATUSES, triages=TRIAGES, flows=WORKFLOW_STATES,
+                 today=svc.today(), none_unseen=_q(request, "m") == "none_unseen")
+
+
+@get("/worklist/next")
+async def next_unseen(request: Request) -> Redirect:
+    """'Next unseen': the highest-ranked study nobody has opened yet, or back to the worklist saying there is none."""
+    _session(request, "study")
+    uid = _services(request).next_unseen()
+    return Redirect(f"/studies/{quote(uid)}" if uid else "/worklist?m=none_unseen")
 
 
 @get("/studies/{uid:str}")
@@ -189,11 +198,13 @@ async def study(request: Request, uid: FromPath[str]) -> Template:
     saved = _q(request, "saved")
     session = _session(request, "study")
     svc = _services(request)
+    svc.mark_seen(session.user, uid)
     view = svc.study(uid)
     svc.audit(session.user.username, "view_study", uid, "")
     model = svc.model_info(view.model_version, _lang(request))
     return _page(request, "study.html", session, study=view, model=model, overlays=drawn_heatmaps(view, model), birads=BIRADS,
-                 densities=DENSITIES, saved=bool(saved))
+                 densities=DENSITIES, recommendations=RECOMMENDATIONS, biopsy_results=BIOPSY_RESULTS,
+                 saved=saved if saved in ("feedback", "report", "closed", "reopened") else "")
 
 
 @get("/studies/{uid:str}/state.json")
@@ -208,13 +219,13 @@ async def statusbar(request: Request) -> dict[str, Any]:
     bar = _services(request).status_bar()
     t = catalog(_lang(request))
     return {"online": bar.online, "label": t("bar.online") if bar.online else t("bar.offline"), "outbox": bar.outbox_waiting,
-            "free": fmt_bytes(bar.free_disk_bytes)}
+            "free": clinic_time.fmt_bytes(bar.free_disk_bytes, t.lang)}
 
 
 @get("/studies/{uid:str}/views/{sop:str}/image.png")
 async def view_image(request: Request, uid: FromPath[str], sop: FromPath[str]) -> Response:
     session = _session(request, "study")
-    png = _services(request).view_png(uid, sop)
+    png = _services(request).view_png(uid, sop, 1536 if _q(request, "size") == "1536" else 768)  # 1536: the full-screen viewer
     _services(request).audit(session.user.username, "view_image", uid, f"{sop} image")
     return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=300"})
 
@@ -246,7 +257,44 @@ async def feedback(request: Request, uid: FromPath[str]) -> Response:
     fb = FeedbackInput(agrees=agrees == "yes", notes=_field(form, "notes")[:2000], birads=int(birads) if source else None,
                        density=density if source else None, category_source=source)
     _services(request).record_feedback(session.user, uid, fb)
-    return Redirect(f"/studies/{quote(uid)}?saved=1", status_code=303)
+    return Redirect(f"/studies/{quote(uid)}?saved=feedback#feedback", status_code=303)
+
+
+@post("/studies/{uid:str}/report", request_max_body_size=FORM_MAX_BYTES)
+async def radiology_report(request: Request, uid: FromPath[str]) -> Response:
+    """The radiologist's report: typed by a radiologist, or copied from the paper report (stored as such, with who)."""
+    session = _session(request, "report")
+    form = await _form(request)
+    _check_csrf(session, form)
+    birads, density, rec, biopsy = (_field(form, k) for k in ("birads", "density", "recommendation", "biopsy_result"))
+    if not (birads.isdigit() and int(birads) in BIRADS) or density not in DENSITIES or rec not in RECOMMENDATIONS:
+        raise KioskError("error.report_invalid", "report without BI-RADS, density or recommendation")
+    if session.user.role != "radiologist" and _field(form, "from_report") != "yes":
+        raise KioskError("error.report_source", "a non-radiologist entered a report without saying it is copied from the paper report")
+    rep = ReportInput(int(birads), density, rec, biopsy if biopsy in BIOPSY_RESULTS else None, _field(form, "follow_up_day")[:10],
+                      _field(form, "notes")[:2000])
+    _services(request).record_report(session.user, uid, rep)
+    return Redirect(f"/studies/{quote(uid)}?saved=report#report", status_code=303)
+
+
+@post("/studies/{uid:str}/close", request_max_body_size=FORM_MAX_BYTES)
+async def close_study(request: Request, uid: FromPath[str]) -> Response:
+    session = _session(request, "feedback")
+    form = await _form(request)
+    _check_csrf(session, form)
+    closed = _field(form, "closed") != "no"
+    _services(request).close_study(session.user, uid, closed)
+    return Redirect(f"/studies/{quote(uid)}?saved={'closed' if closed else 'reopened'}#workflow", status_code=303)
+
+
+@get("/recalls")
+async def recalls_page(request: Request) -> Template:
+    """Who must come back when, and who is overdue: from each woman's latest radiology report."""
+    session = _session(request, "study")
+    svc = _services(request)
+    rows = svc.recalls()
+    svc.audit(session.user.username, "view_recalls", None, f"{len(rows)} row(s)")
+    return _page(request, "recalls.html", session, rows=rows, overdue=sum(r.overdue for r in rows))
 
 
 @get("/studies/{uid:str}/referral.pdf")
@@ -256,7 +304,7 @@ async def referral_pdf(request: Request, uid: FromPath[str]) -> Response:
     svc = _services(request)
     view = svc.study(uid)
     t = catalog(_lang(request))
-    ctx = referral.ReferralContext(svc.settings.box_name, svc.settings.box_city, session.user.full_name, svc.clock())
+    ctx = referral.ReferralContext(svc.settings.box_name, svc.settings.box_city, session.user.full_name, svc.clock(), svc.settings.timezone)
     model = svc.model_info(view.model_version, t.lang)
 
     def thumb(sop: str, heatmap: bool) -> bytes | None:
@@ -267,6 +315,7 @@ async def referral_pdf(request: Request, uid: FromPath[str]) -> Response:
 
     pdf = referral.build(view, model, t, ctx, thumb)
     svc.audit(session.user.username, "print_referral" if print else "export_referral", uid, f"{len(pdf)} bytes")
+    svc.mark_referred(session.user, uid)
     disposition = "inline" if print else "attachment"
     name = f"sevk-{view.pseudonym[:12]}.pdf"
     return Response(pdf, media_type="application/pdf", headers={"Content-Disposition": f'{disposition}; filename="{name}"', "Cache-Control": "no-store"})
@@ -395,16 +444,8 @@ def _security_headers(response: Response) -> Response:
 
 
 # -- template helpers --------------------------------------------------------------------------------
-def fmt_time(ts: float | None) -> str:
-    return "—" if not ts else dt.datetime.fromtimestamp(ts).strftime("%d.%m.%Y %H:%M")
-
-
 def fmt_date(yyyymmdd: str) -> str:
     return f"{yyyymmdd[6:]}.{yyyymmdd[4:6]}.{yyyymmdd[:4]}" if len(yyyymmdd) == 8 and yyyymmdd.isdigit() else (yyyymmdd or "—")
-
-
-def fmt_bytes(n: int) -> str:
-    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.0f} MB"
 
 
 def fmt_score(x: float | None, lang: str = "tr") -> str:
@@ -412,9 +453,11 @@ def fmt_score(x: float | None, lang: str = "tr") -> str:
     return decimal(x, lang)
 
 
-def jinja_environment() -> Environment:
+def jinja_environment(tz: str = "Europe/Istanbul") -> Environment:
+    """The templates' environment; every time they show is in the clinic's zone ``tz`` (settings.timezone)."""
     env = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(["html"]), auto_reload=False)
-    env.globals.update(fmt_time=fmt_time, fmt_date=fmt_date, fmt_bytes=fmt_bytes, fmt_score=fmt_score, person_name=person_name, upper=upper, quote=quote,
+    env.globals.update(fmt_time=lambda ts: clinic_time.fmt_time(ts, tz), fmt_day=lambda ts: clinic_time.fmt_day(ts, tz),
+                       fmt_date=fmt_date, fmt_bytes=clinic_time.fmt_bytes, fmt_score=fmt_score, person_name=person_name, upper=upper, quote=quote,
                        percent=percent, performance_lines=performance_lines, view_name=wording.view_name, problem_text=wording.problem_text,
                        problem_summary=wording.problem_summary, categories_text=wording.categories_text)
     return env
@@ -423,9 +466,9 @@ def jinja_environment() -> Environment:
 def create_app(settings: Settings, services: KioskServices, *, debug: bool = False) -> Litestar:
     return Litestar(
         route_handlers=[index, login_form, login, logout, set_language, worklist, study, study_state, statusbar, view_image, view_heatmap,
-                        feedback, referral_pdf, upload_form, upload, audit_page, users_page, add_user, unlock_user,
+                        feedback, radiology_report, close_study, recalls_page, next_unseen, referral_pdf, upload_form, upload, audit_page, users_page, add_user, unlock_user,
                         create_static_files_router("/static", directories=[HERE / "static"], cache_control=None)],
-        template_config=TemplateConfig(engine=JinjaTemplateEngine.from_environment(jinja_environment())),
+        template_config=TemplateConfig(engine=JinjaTemplateEngine.from_environment(jinja_environment(settings.timezone))),
         exception_handlers={KioskError: on_kiosk_error, HTTPException: on_http_error, Exception: on_internal_error},
         before_request=_refuse_control_characters,
         after_request=_security_headers,

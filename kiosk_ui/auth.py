@@ -21,8 +21,8 @@ ROLES = ("doctor", "technician", "radiologist", "admin")
 
 # What each role may do; checked on every route.
 PERMISSIONS: dict[str, frozenset[str]] = {
-    "doctor": frozenset({"worklist", "study", "feedback", "referral", "upload"}),
-    "radiologist": frozenset({"worklist", "study", "feedback", "referral"}),
+    "doctor": frozenset({"worklist", "study", "feedback", "referral", "report", "upload"}),
+    "radiologist": frozenset({"worklist", "study", "feedback", "referral", "report"}),
     "technician": frozenset({"worklist", "upload"}),
     "admin": frozenset({"worklist", "study", "referral", "upload", "audit", "users"}),
 }

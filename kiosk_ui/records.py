@@ -8,6 +8,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlencode
 
+from kiosk_ui.clinic_time import midnight
+
 STATUSES = ("receiving", "waiting", "analysing", "done", "incomplete", "failed")
 PENDING = frozenset({"receiving", "waiting", "analysing"})
 TRIAGES = ("priority_radiologist_review", "radiologist_review", "no_suspicious_finding")
@@ -112,6 +114,63 @@ class WorklistQuery:
     status: str = ""
     triage: str = ""
     days: int | None = None  # None: the settings' default window; 0: no limit
+    flow: str = ""  # a workflow state (kiosk_ui.workflow.WORKFLOW_STATES) or "" for all
+
+
+@dataclass(frozen=True)
+class DayCounts:
+    """The top of the worklist: today's studies (clinic's day), how many are priority and how many nobody has opened."""
+
+    studies: int
+    priority: int
+    new: int
+
+
+@dataclass(frozen=True)
+class RadiologyReport:
+    """The radiologist's answer to a referral, entered from a radiologist's account or copied from the paper report."""
+
+    study_uid: str
+    birads: int
+    density: str
+    recommendation: str
+    biopsy_result: str | None
+    source: str  # 'radiologist' | 'radiology_report'
+    entered_by: str
+    created_at: float
+    follow_up_due: float | None = None
+    notes: str = ""
+    full_name: str = ""
+
+
+@dataclass(frozen=True)
+class ReportInput:
+    birads: int
+    density: str
+    recommendation: str
+    biopsy_result: str | None = None
+    follow_up_day: str = ""  # YYYY-MM-DD from the report, or "" for the recommendation's interval
+    notes: str = ""
+
+
+@dataclass(frozen=True)
+class RecallRow:
+    """A woman who must come back: her latest report, when she is due, and whether that day has passed."""
+
+    study_uid: str
+    pseudonym: str
+    identity: Identity
+    report: RadiologyReport
+    due_at: float
+    overdue: bool
+
+
+@dataclass(frozen=True)
+class PriorStudy:
+    study_uid: str
+    arrived_at: float
+    triage: str | None
+    status: str
 
 
 @dataclass(frozen=True)
@@ -125,6 +184,7 @@ class WorklistRow:
     study_score: float | None
     image_count: int
     problems: tuple[Problem, ...] = ()
+    workflow: str = "new"
 
 
 @dataclass(frozen=True)
@@ -171,6 +231,14 @@ class StudyView:
     views: tuple[ViewResult, ...]
     feedback: tuple[FeedbackEntry, ...] = field(default_factory=tuple)
     problems: tuple[Problem, ...] = ()
+    workflow: str = "new"
+    reports: tuple[RadiologyReport, ...] = ()
+    priors: tuple[PriorStudy, ...] = ()
+
+    @property
+    def report(self) -> RadiologyReport | None:
+        """The latest radiology report (a later entry, e.g. with the biopsy result, supersedes an earlier one)."""
+        return self.reports[-1] if self.reports else None
 
     @property
     def pending(self) -> bool:
@@ -223,7 +291,8 @@ AUDIT_PAGE_SIZE = 100
 # Every action in the box's audit trail (edge_agent.audit), in the order the filter offers them: the kiosk's, then the box's.
 AUDIT_ACTIONS = ("login", "login_failed", "login_locked", "account_locked", "login_throttled", "logout", "session_expired",
                  "view_worklist", "search_worklist", "view_study", "view_image", "print_referral", "export_referral",
-                 "feedback", "upload", "user_add", "user_passwd", "user_unlock",
+                 "feedback", "radiology_report", "study_close", "study_reopen", "view_recalls", "upload", "user_add", "user_passwd",
+                 "user_unlock",
                  "config_changed", "provision_install", "model_activate", "research_export", "quarantine_release",
                  "quarantine_purge", "audit_export")
 
@@ -253,11 +322,10 @@ class AuditQuery:
                  ("to", self.until_day), ("page", str(page) if page > 1 else "")]
         return urlencode([(k, v) for k, v in pairs if v])
 
-    def bounds(self) -> tuple[float | None, float | None]:
-        """[since, until) in epoch seconds: local midnight of since_day, and local midnight after until_day."""
-        since = dt.datetime.combine(dt.date.fromisoformat(self.since_day), dt.time()).timestamp() if self.since_day else None
-        until = (dt.datetime.combine(dt.date.fromisoformat(self.until_day) + dt.timedelta(days=1), dt.time()).timestamp()
-                 if self.until_day else None)
+    def bounds(self, tz: str) -> tuple[float | None, float | None]:
+        """[since, until) in epoch seconds: the clinic's midnight (zone ``tz``) of since_day, and the one after until_day."""
+        since = midnight(dt.date.fromisoformat(self.since_day), tz) if self.since_day else None
+        until = midnight(dt.date.fromisoformat(self.until_day) + dt.timedelta(days=1), tz) if self.until_day else None
         return since, until
 
 

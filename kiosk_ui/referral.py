@@ -15,7 +15,6 @@ or the national ID, so a lost letter's code identifies no one by itself.
 
 from __future__ import annotations
 
-import datetime as dt
 import io
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -24,10 +23,11 @@ from pathlib import Path
 import qrcode
 from fpdf import FPDF
 
+from kiosk_ui.clinic_time import fmt_time
 from kiosk_ui.i18n import Catalog, decimal, person_name
 from kiosk_ui.model_info import ModelInfo, drawn_heatmaps, performance_lines
 from kiosk_ui.records import StudyView
-from kiosk_ui.wording import categories_text, problem_text, view_name
+from kiosk_ui.wording import categories_text, problem_text, report_categories_text, view_name
 
 FONTS = Path(__file__).resolve().parent / "static" / "fonts"
 BODY_PT = 10  # nothing the radiologist must read is printed smaller
@@ -40,6 +40,7 @@ class ReferralContext:
     box_city: str
     doctor: str
     now: float
+    tz: str = "Europe/Istanbul"  # settings.timezone: the letter's date is the clinic's
 
 
 def reference(view: StudyView) -> str:
@@ -71,7 +72,7 @@ def build(view: StudyView, model: ModelInfo, t: Catalog, ctx: ReferralContext,
     pdf.cell(w - 40, 9, t("referral.title"), new_x="LMARGIN", new_y="NEXT")
     pdf.set_font("DejaVu", "", BODY_PT)
     pdf.cell(w - 40, 6, f"{ctx.box_name}, {ctx.box_city}", new_x="LMARGIN", new_y="NEXT")
-    when = dt.datetime.fromtimestamp(ctx.now).strftime("%d.%m.%Y %H:%M")
+    when = fmt_time(ctx.now, ctx.tz)
     pdf.cell(w - 40, 6, f"{t('referral.date')}: {when}", new_x="LMARGIN", new_y="NEXT")
     pdf.set_font("DejaVu", "", 9)
     pdf.multi_cell(w - 40, 4, t("referral.qr_note"), new_x="LMARGIN", new_y="NEXT", align="L")
@@ -173,8 +174,10 @@ def _doctor_section(pdf: FPDF, view: StudyView, t: Catalog, w: float, doctor: st
     pdf.set_font("DejaVu", "", BODY_PT)
     notes = view.doctor_notes()
     pdf.multi_cell(w, 5, t("referral.notes", notes=notes.notes if notes else "—"), new_x="LMARGIN", new_y="NEXT", align="L")
-    categories = view.categories()
-    if categories is not None:
+    report, categories = view.report, view.categories()
+    if report is not None:  # the radiologist's report (kiosk_radiology_reports) outranks categories given with feedback
+        pdf.multi_cell(w, 5, report_categories_text(report, t), new_x="LMARGIN", new_y="NEXT", align="L")
+    elif categories is not None:
         pdf.multi_cell(w, 5, categories_text(categories, t), new_x="LMARGIN", new_y="NEXT", align="L")
 
 

@@ -29,7 +29,9 @@ from edge_agent.ingest.service import IngestService
 from edge_agent.queue import JobQueue
 from edge_agent.settings import Settings
 from edge_agent.store import open_database, transaction
-from kiosk_ui import auth, imaging, model_info, signin, throttle, uploads
+from kiosk_ui import auth, clinic_loop, imaging, model_info, signin, throttle, uploads
+from kiosk_ui.clinic_loop import STATUS_SQL as _STATUS_SQL
+from kiosk_ui.clinic_time import day_start, local, midnight, parse_day
 from kiosk_ui.i18n import search_fold
 from kiosk_ui.records import (
     AUDIT_PAGE_SIZE,
@@ -41,9 +43,13 @@ from kiosk_ui.records import (
     AuditEntry,
     AuditPage,
     AuditQuery,
+    DayCounts,
     FeedbackEntry,
     FeedbackInput,
     Identity,
+    RadiologyReport,
+    RecallRow,
+    ReportInput,
     Session,
     StatusBar,
     StudyView,
@@ -55,16 +61,10 @@ from kiosk_ui.records import (
     study_problems,
     study_status,
 )
+from kiosk_ui.workflow import BIOPSY_RESULTS, RECOMMENDATIONS, REPORT_SOURCES, WORKFLOW_SQL, WORKFLOW_STATES, follow_up_due
 
 log = logging.getLogger(__name__)
 
-# The status of a study, in SQL, mirroring records.study_status.
-_STATUS_SQL = """CASE
-    WHEN r.status IS NOT NULL THEN r.status
-    WHEN s.state = 'open' THEN 'receiving'
-    WHEN j.state = 'leased' THEN 'analysing'
-    WHEN j.state = 'dead' THEN 'failed'
-    ELSE 'waiting' END"""
 _REVIEW = ("priority_radiologist_review", "radiologist_review")  # worklist ranks 1 and 2 (after incomplete studies); the rest last
 
 
@@ -306,7 +306,7 @@ class KioskServices:
         if query.study_uid:
             where.append("study_uid = ?")
             params.append(query.study_uid)
-        since, until = query.bounds()
+        since, until = query.bounds(self.settings.timezone)
         if since is not None:
             where.append("at >= ?")
             params.append(since)
@@ -350,6 +350,9 @@ class KioskServices:
         if query.status in STATUSES:
             where.append(f"({_STATUS_SQL}) = ?")
             params.append(query.status)
+        if query.flow in WORKFLOW_STATES:
+            where.append(f"({WORKFLOW_SQL}) = ?")
+            params.append(query.flow)
         needle = search_fold(query.q.strip().replace("^", " "))
         limit = self.settings.kiosk_worklist_limit
         rest = f"(r.triage IS NULL OR r.triage NOT IN ({','.join('?' * len(_REVIEW))})) AND (r.status IS NULL OR r.status != 'incomplete')"
@@ -360,9 +363,10 @@ class KioskServices:
         for rank_sql, rank_params in ranks:
             if len(out) >= limit:
                 break
-            sql = (f"SELECT s.study_uid, s.pseudonym, s.first_seen, {_STATUS_SQL}, r.triage, r.study_score, r.reasons"
+            sql = (f"SELECT s.study_uid, s.pseudonym, s.first_seen, {_STATUS_SQL}, r.triage, r.study_score, r.reasons, {WORKFLOW_SQL}"
                    " FROM ingest_studies s LEFT JOIN infer_results r ON r.study_uid = s.study_uid"
-                   " LEFT JOIN jobs j ON j.id = s.infer_job_id WHERE " + " AND ".join([rank_sql, *where])
+                   " LEFT JOIN jobs j ON j.id = s.infer_job_id LEFT JOIN kiosk_workflow w ON w.study_uid = s.study_uid"
+                   " WHERE " + " AND ".join([rank_sql, *where])
                    + " ORDER BY s.first_seen DESC")
             args = [*rank_params, *params]
             if not needle:
@@ -373,13 +377,22 @@ class KioskServices:
                 if needle and not _matches(needle, ident, r[0], r[1]):
                     continue
                 problems = study_problems(r[3], [str(x) for x in _json(r[6], [])], self._present(r[0])) if r[3] == "incomplete" else ()
-                out.append(WorklistRow(r[0], r[1], ident, r[2], r[3], r[4], r[5], 0, problems))
+                out.append(WorklistRow(r[0], r[1], ident, r[2], r[3], r[4], r[5], 0, problems, r[7]))
                 if len(out) >= limit:
                     break
         counts = dict(self.db.execute(
             f"SELECT study_uid, count(*) FROM ingest_instances WHERE study_uid IN ({','.join('?' * len(out))}) GROUP BY study_uid",
             [row.study_uid for row in out]).fetchall()) if out else {}
         return [replace(row, image_count=counts.get(row.study_uid, 0)) for row in out]
+
+    def next_unseen(self) -> str | None:
+        """The study a doctor should open next: the first one nobody has opened yet, in worklist order, with something
+        to read (a result, or an incomplete study to sort out); None when every such study has been seen."""
+        return next((r.study_uid for r in self.worklist(WorklistQuery(flow="new")) if r.status in ("done", "incomplete", "failed")), None)
+
+    def today(self) -> DayCounts:
+        """Studies that arrived since the clinic's midnight (settings.timezone), priority ones, and ones nobody opened."""
+        return clinic_loop.day_counts(self.db, day_start(self.clock(), self.settings.timezone))
 
     def _present(self, study_uid: str) -> list[tuple[str, str]]:
         return [(r[0] or "?", r[1] or "?") for r in self.db.execute(
@@ -411,8 +424,55 @@ class KioskServices:
             status=status, triage=row[6], study_score=row[7],
             breast_scores={side: float(b["suspicion"]) for side, b in _json(row[8], {}).items()}, reasons=reasons,
             model_version=row[10], profile=row[11], views=tuple(views), feedback=tuple(self.feedback_of(study_uid)),
-            problems=study_problems(status, reasons, present),
+            problems=study_problems(status, reasons, present), workflow=clinic_loop.workflow_of(self.db, study_uid),
+            reports=clinic_loop.reports_of(self.db, study_uid), priors=clinic_loop.priors_of(self.db, study_uid, row[1]),
         )
+
+    # -- the clinic's work on a study ------------------------------------------------------------
+    def mark_seen(self, user: User, study_uid: str) -> None:
+        """A clinician (a role that may give feedback) opened the study: it is no longer new."""
+        if auth.may(user.role, "feedback"):
+            with transaction(self.db) as db:
+                clinic_loop.mark_seen(db, study_uid, user.username, self.clock())
+
+    def mark_referred(self, user: User, study_uid: str) -> None:
+        with transaction(self.db) as db:
+            clinic_loop.mark_referred(db, study_uid, user.username, self.clock())
+
+    def close_study(self, user: User, study_uid: str, closed: bool = True) -> None:
+        """The doctor closes the study (the loop is done) or reopens it."""
+        with transaction(self.db) as db:
+            if not db.execute("SELECT 1 FROM ingest_studies WHERE study_uid = ?", [study_uid]).fetchone():
+                raise NotFound("error.study_unknown", "No such study.")
+            clinic_loop.set_closed(db, study_uid, user.username, self.clock(), closed)
+            self._audit(db, user.username, "study_close" if closed else "study_reopen", study_uid, "")
+
+    def record_report(self, user: User, study_uid: str, rep: ReportInput) -> RadiologyReport:
+        """The radiologist's report: from a radiologist's own account ('radiologist'), else copied from the paper report
+        ('radiology_report') by whoever holds it; either way stored with who entered it. The follow-up day is the
+        report's own, else the recommendation's interval from today (clinic's day)."""
+        if rep.birads not in BIRADS or rep.density not in DENSITIES or rep.recommendation not in RECOMMENDATIONS \
+                or rep.biopsy_result not in (None, *BIOPSY_RESULTS) or len(rep.notes) > 2000:
+            raise KioskError("error.report_invalid", "BI-RADS 0-6, density A-D and a recommendation are required.")
+        chosen = parse_day(rep.follow_up_day) if rep.follow_up_day else None
+        if rep.follow_up_day and chosen is None:
+            raise KioskError("error.report_invalid", f"follow-up day {rep.follow_up_day!r} is not a date")
+        now, tz = self.clock(), self.settings.timezone
+        today = local(now, tz).date()
+        due = midnight(follow_up_due(rep.recommendation, today, chosen), tz)
+        source = REPORT_SOURCES[0] if user.role == "radiologist" else REPORT_SOURCES[1]
+        report = RadiologyReport(study_uid, rep.birads, rep.density, rep.recommendation, rep.biopsy_result, source, user.username, now,
+                                 due, rep.notes, user.full_name)
+        with transaction(self.db) as db:
+            if not db.execute("SELECT 1 FROM ingest_studies WHERE study_uid = ?", [study_uid]).fetchone():
+                raise NotFound("error.study_unknown", "No such study.")
+            clinic_loop.add_report(db, report)
+            self._audit(db, user.username, "radiology_report", study_uid,
+                        f"BI-RADS {rep.birads} density {rep.density} {rep.recommendation} biopsy {rep.biopsy_result or '-'} ({source})")
+        return report
+
+    def recalls(self) -> list[RecallRow]:
+        return clinic_loop.recalls(self.db, self.clock(), self.identity)
 
     def model_info(self, version: str | None, lang: str = "tr") -> model_info.ModelInfo:
         """Thresholds and measured performance of the release that produced a result (by its version).

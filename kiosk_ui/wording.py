@@ -7,7 +7,7 @@ two ways (an incomplete study, where a BI-RADS category came from).
 from __future__ import annotations
 
 from kiosk_ui.i18n import Catalog
-from kiosk_ui.records import FeedbackEntry, Problem
+from kiosk_ui.records import FeedbackEntry, Problem, RadiologyReport
 
 
 def view_name(laterality: str, view: str, t: Catalog) -> str:
@@ -34,3 +34,9 @@ def categories_text(entry: FeedbackEntry, t: Catalog) -> str:
     """'BI-RADS 4, yoğunluk C: radyolog Dr. İsmail Kaya' or '... radyoloji raporundan girildi (Dr. Zeynep Işık)'."""
     key = "feedback.source_radiologist" if entry.category_source == "radiologist" else "feedback.source_report"
     return t(key, birads=str(entry.birads), density=str(entry.density), who=entry.full_name or entry.username)
+
+
+def report_categories_text(report: RadiologyReport, t: Catalog) -> str:
+    """The radiologist's categories from a radiology report entry, worded as :func:`categories_text` words them."""
+    key = "feedback.source_radiologist" if report.source == "radiologist" else "feedback.source_report"
+    return t(key, birads=str(report.birads), density=report.density, who=report.full_name or report.entered_by)

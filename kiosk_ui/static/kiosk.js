@@ -13,6 +13,45 @@
     });
   }
 
+  // The whole worklist row opens the study (the name cell stays a real link for the keyboard and screen readers).
+  Array.prototype.forEach.call(document.querySelectorAll("tr.row[data-href]"), function (row) {
+    row.addEventListener("click", function (e) {
+      if (e.target.closest("a, button, input, select, label")) { return; }
+      window.location.href = row.dataset.href;
+    });
+  });
+
+  // Print from the page itself: the referral loads in a hidden frame and prints there (a kiosk browser may not let a
+  // new tab be left again).
+  var printButton = document.getElementById("print-link");
+  if (printButton) {
+    printButton.addEventListener("click", function () {
+      var old = document.getElementById("print-frame");
+      if (old) { old.remove(); }
+      var frame = document.createElement("iframe");
+      frame.id = "print-frame";
+      frame.className = "visually-hidden";
+      frame.setAttribute("aria-hidden", "true");
+      frame.tabIndex = -1;
+      frame.addEventListener("load", function () {
+        try { frame.contentWindow.focus(); frame.contentWindow.print(); } catch (err) { /* the note below stays */ }
+      });
+      frame.src = printButton.dataset.print;
+      document.body.appendChild(frame);
+      var note = document.getElementById("print-note");
+      if (note) { note.textContent = printButton.dataset.busy; note.hidden = false; }
+    });
+  }
+
+  // File pickers: say in the page's language what was chosen.
+  Array.prototype.forEach.call(document.querySelectorAll(".picker input[type=file]"), function (input) {
+    var out = document.getElementById(input.id + "-chosen");
+    input.addEventListener("change", function () {
+      var n = input.files ? input.files.length : 0;
+      out.textContent = n ? out.dataset.some.replace("{n}", n) : out.dataset.none;
+    });
+  });
+
   // "Clear" beside optional choices: a radio cannot be unticked by tapping it again.
   Array.prototype.forEach.call(document.querySelectorAll("[data-clear]"), function (button) {
     button.addEventListener("click", function () {
@@ -20,6 +59,92 @@
       Array.prototype.forEach.call(box ? box.querySelectorAll("input") : [], function (i) { i.checked = false; });
     });
   });
+
+  // The viewer: a view full screen; zoom (wheel, buttons), pan (drag), brightness/contrast over the image's own window,
+  // invert, heatmap opacity, and the same view of the other breast beside it.
+  var dialog = document.getElementById("viewer");
+  if (dialog && views) {
+    var stage = document.getElementById("viewer-stage");
+    var state = { scale: 1, x: 0, y: 0, figure: null, compare: false };
+    var ctl = function (id) { return document.getElementById(id); };
+    var apply = function () {
+      var b = ctl("viewer-brightness").value, c = ctl("viewer-contrast").value, inv = ctl("viewer-invert").checked ? 1 : 0;
+      var op = ctl("viewer-opacity") ? ctl("viewer-opacity").value / 100 : 1;
+      Array.prototype.forEach.call(stage.querySelectorAll(".layer"), function (l) {
+        l.style.transform = "translate(" + state.x + "px," + state.y + "px) scale(" + state.scale + ")";
+      });
+      Array.prototype.forEach.call(stage.querySelectorAll("img.base"), function (i) {
+        i.style.filter = "brightness(" + b + "%) contrast(" + c + "%) invert(" + inv + ")";
+      });
+      Array.prototype.forEach.call(stage.querySelectorAll("img.overlay"), function (i) { i.style.opacity = op; });
+    };
+    var pane = function (figure) {
+      var p = document.createElement("div");
+      p.className = "viewer-pane";
+      var layer = document.createElement("div");
+      layer.className = "layer";
+      Array.prototype.forEach.call(figure.querySelectorAll("img"), function (img) {
+        var copy = document.createElement("img");
+        copy.className = img.className;
+        copy.alt = img.alt;
+        copy.src = img.getAttribute("src") + (img.classList.contains("base") ? "?size=1536" : "");
+        copy.draggable = false;
+        layer.appendChild(copy);
+      });
+      var cap = document.createElement("span");
+      cap.className = "caption";
+      cap.textContent = figure.querySelector("figcaption").textContent;
+      p.appendChild(layer);
+      p.appendChild(cap);
+      return p;
+    };
+    var render = function () {
+      stage.innerHTML = "";
+      var f = state.figure, shown = [f];
+      if (state.compare) {
+        var other = views.querySelector('figure[data-kind="' + f.dataset.kind + '"]:not([data-side="' + f.dataset.side + '"])');
+        if (other) { shown = f.dataset.side === "R" ? [f, other] : [other, f]; }
+      }
+      shown.forEach(function (fig) { stage.appendChild(pane(fig)); });
+      ctl("viewer-title").textContent = shown.map(function (fig) { return fig.querySelector("figcaption b").textContent; }).join(" · ");
+      var cmp = ctl("viewer-compare");
+      cmp.setAttribute("aria-pressed", state.compare ? "true" : "false");
+      cmp.textContent = state.compare ? dialog.dataset.single : dialog.dataset.compare;
+      apply();
+    };
+    var reset = function () { state.scale = 1; state.x = 0; state.y = 0; apply(); };
+    Array.prototype.forEach.call(views.querySelectorAll("[data-viewer]"), function (btn) {
+      btn.addEventListener("click", function () {
+        state.figure = btn.closest("figure");
+        state.compare = false;
+        state.scale = 1; state.x = 0; state.y = 0;
+        render();
+        dialog.showModal();
+      });
+    });
+    Array.prototype.forEach.call(dialog.querySelectorAll("[data-zoom]"), function (b) {
+      b.addEventListener("click", function () { state.scale = Math.min(8, Math.max(1, state.scale * parseFloat(b.dataset.zoom))); apply(); });
+    });
+    ctl("viewer-reset").addEventListener("click", function () {
+      ctl("viewer-brightness").value = 100; ctl("viewer-contrast").value = 100; ctl("viewer-invert").checked = false;
+      if (ctl("viewer-opacity")) { ctl("viewer-opacity").value = 100; }
+      reset();
+    });
+    ctl("viewer-compare").addEventListener("click", function () { state.compare = !state.compare; render(); });
+    ctl("viewer-close").addEventListener("click", function () { dialog.close(); });
+    ["viewer-brightness", "viewer-contrast", "viewer-invert", "viewer-opacity"].forEach(function (id) {
+      if (ctl(id)) { ctl(id).addEventListener("input", apply); }
+    });
+    stage.addEventListener("wheel", function (e) {
+      e.preventDefault();
+      state.scale = Math.min(8, Math.max(1, state.scale * (e.deltaY < 0 ? 1.15 : 0.87)));
+      apply();
+    }, { passive: false });
+    var drag = null;
+    stage.addEventListener("pointerdown", function (e) { drag = { x: e.clientX - state.x, y: e.clientY - state.y }; stage.setPointerCapture(e.pointerId); });
+    stage.addEventListener("pointermove", function (e) { if (drag) { state.x = e.clientX - drag.x; state.y = e.clientY - drag.y; apply(); } });
+    stage.addEventListener("pointerup", function () { drag = null; });
+  }
 
   // A study still being received or analysed: poll its state and reload when it changes.
   var study = document.getElementById("study");

@@ -78,7 +78,7 @@ def test_mammo_up_serves_the_kiosk_and_creates_the_first_admin(tmp_path):
         base = f"http://{settings.kiosk_host}:{settings.kiosk_port}"
         with httpx.Client(base_url=base, timeout=10, follow_redirects=True) as c:
             page = c.get("/worklist")
-            assert "Oturum aç" in page.text
+            assert "Giriş yap" in page.text
             import re
 
             token = re.search(r'name="_csrf" value="([^"]+)"', page.text).group(1)

@@ -116,9 +116,12 @@ def test_a_radiologist_account_records_its_own_reading(client: TestClient, kiosk
     assert sign_in(client, "radyolog").status_code == 303
     uid = kiosk.studies["priority"]
     html = client.get(f"/studies/{uid}").text
-    assert 'name="from_report"' not in html and "Radyolog değerlendirmesi (isteğe bağlı)" in html
-    client.post(f"/studies/{uid}/feedback", data={"_csrf": csrf_of(html), "agrees": "yes", "birads": "5", "density": "D"})
-    assert kiosk.box.db.execute("SELECT role, birads, category_source FROM kiosk_feedback").fetchall() == [("radiologist", 5, "radiologist")]
+    assert 'name="from_report"' not in html and 'id="report-entry"' in html  # a radiologist types the report, copies nothing
+    r = client.post(f"/studies/{uid}/report", data={"_csrf": csrf_of(html), "birads": "5", "density": "D", "recommendation": "biopsy"},
+                    follow_redirects=False)
+    assert r.status_code == 303
+    assert kiosk.box.db.execute("SELECT birads, density, recommendation, source, entered_by FROM kiosk_radiology_reports").fetchall() == [
+        (5, "D", "biopsy", "radiologist", "radyolog")]
     assert "BI-RADS 5, yoğunluk D (radyolog Dr. İsmail Kaya tarafından girildi)" in _pdf_text(client, uid)
 
 
@@ -200,8 +203,8 @@ def test_an_incomplete_study_says_what_is_missing_and_shows_no_result(doctor: Te
 def test_an_incomplete_study_tops_the_worklist_in_its_own_colour(doctor: TestClient, kiosk: Kiosk):
     uid = _incomplete(kiosk)
     html = doctor.get("/worklist").text
-    first = re.search(r'<tr class="row ([^"]+)" data-study="([^"]+)">(.*?)</tr>', html, re.S)
-    assert first[1] == "row-incomplete" and first[2] == uid
+    first = re.search(r'<tr class="row ([^"]+)" data-study="([^"]+)"[^>]*>(.*?)</tr>', html, re.S)
+    assert first[1] == "row-incomplete flow-new" and first[2] == uid
     assert "Eksik çekim: Sol MLO eksik" in first[3] and "0,70" not in first[3]
     assert re.findall(r'class="name">([^<]+)<', html)[1] == "Ayşe ÇELİK"  # then priority, as before
 
@@ -230,7 +233,7 @@ def test_problems_come_from_the_stored_views_and_the_workers_unreadable_reasons(
     got = study_problems("incomplete", reasons, present)
     assert got == (Problem("unreadable", "L", "MLO"),)  # arrived but unreadable: said once, as unreadable
     t = catalog("tr")
-    assert problem_text(got[0], t) == "Sol MLO okunamadı; görüntüyü cihazdan yeniden gönderin ya da çekimi tekrarlayın."
+    assert problem_text(got[0], t) == "Sol MLO okunamadı; görüntüyü mamografi cihazından yeniden gönderin ya da çekimi tekrarlayın."
     assert problem_summary(study_problems("incomplete", [], present[:2]), t) == "Sağ MLO eksik, Sol MLO eksik"
     assert study_problems("done", reasons, present) == () and study_problems("incomplete", [], present) == (Problem("other"),)
 

@@ -131,12 +131,13 @@ def test_failed_sign_in_bucket_allows_a_burst_then_one_per_refill():
 def test_audit_query_reads_filters_and_ignores_malformed_ones():
     q = AuditQuery.parse({"user": " doktor ", "action": "login", "from": "2026-11-10", "to": "2026-11-11", "page": "3"})
     assert (q.username, q.action, q.since_day, q.until_day, q.page) == ("doktor", "login", "2026-11-10", "2026-11-11", 3)
-    since, until = q.bounds()
+    since, until = q.bounds("Europe/Istanbul")
     assert until - since == 2 * 86400  # both days whole (no time zone changes clocks that week)
+    assert since == 1794258000  # 2026-11-10 00:00 in Istanbul (UTC+3) is 2026-11-09 21:00 UTC, whatever zone the box runs in
     assert q.link(4) == "user=doktor&action=login&from=2026-11-10&to=2026-11-11&page=4"
     assert AuditQuery.parse({"user": "a b"}).link(1) == "user=a+b"
     bad = AuditQuery.parse({"from": "2026-13-40", "to": "yesterday", "page": "-1"})
-    assert (bad.since_day, bad.until_day, bad.page) == ("", "", 1) and bad.bounds() == (None, None)
+    assert (bad.since_day, bad.until_day, bad.page) == ("", "", 1) and bad.bounds("Europe/Istanbul") == (None, None)
 
 
 def test_log_text_is_one_line_whatever_the_path_holds():

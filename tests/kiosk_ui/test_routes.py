@@ -187,7 +187,7 @@ def test_a_request_never_shows_another_patients_image(doctor: TestClient, kiosk:
 def test_unknown_study_ids_get_a_turkish_404(doctor: TestClient, kiosk: Kiosk, uid: str):
     r = doctor.get(f"/studies/{uid}")
     assert r.status_code == 404
-    assert message_of(r.text).startswith("Bu kimlikle bir çekim bu kutuda yok.") or "bulunamadı" in message_of(r.text)
+    assert message_of(r.text).startswith("Bu kimlikle bir tetkik bu cihazda yok.") or "bulunamadı" in message_of(r.text)
     assert "ÇELİK" not in r.text and not kiosk.audit("view_study")
 
 
