@@ -152,11 +152,17 @@ def place_update(box_db: sqlite_utils.Database, home: Path, update: LocalUpdate,
             return update.update_id  # another process placed it meanwhile
         db.execute(f"INSERT INTO sync_outbox ({', '.join(row)}) VALUES ({', '.join('?' for _ in row)})", list(row.values()))
         db.execute("INSERT INTO sync_outbox_payload (update_id, kind, data) VALUES (?, ?, ?)", [update.update_id, *payload])
+    if ctx_version is not None:
+        encrypt_awaiting(box_db, home, keystore=keystore, now=now)  # older updates kept before the kit arrived
     return update.update_id
 
 
 def encrypt_awaiting(box_db: sqlite_utils.Database, home: Path, *, keystore: Keystore | None = None, now: float | None = None) -> list[str]:
-    """Encrypt every ``awaiting_kit`` update now that a kit is installed; returns the hashes queued (empty without a kit)."""
+    """Encrypt every ``awaiting_kit`` update now that a kit is installed; returns the hashes queued (empty without a kit).
+
+    :func:`place_update` calls it whenever it encrypts; the sync service calls it too, so
+    updates kept before enrolment leave without waiting for the next training round.
+    """
     waiting = [r[0] for r in box_db.execute("SELECT update_id FROM sync_outbox WHERE state = 'awaiting_kit' ORDER BY placed_at").fetchall()]
     if not waiting:
         return []

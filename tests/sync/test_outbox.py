@@ -122,6 +122,17 @@ def test_without_a_kit_the_update_waits_sealed_and_is_encrypted_when_a_kit_arriv
     assert np.abs(decrypt_sent(box, outbox.ciphertext(box.db, sha)) - update.delta).max() < 1e-6
 
 
+def test_the_first_update_placed_after_enrolment_takes_the_waiting_ones_along(tmp_path: Path, authority: Authority):
+    box = TestBox.create(tmp_path / "box")
+    early = make_update(20)
+    outbox.place_update(box.db, box.home, early, keystore=box.keystore)
+    box.enrol(authority)
+    outbox.place_update(box.db, box.home, make_update(21), keystore=box.keystore)
+    assert [e.state for e in outbox.pending(box.db)] == ["queued", "queued"]
+    assert outbox.pending(box.db)[0].update_id == early.update_id  # still the oldest, sent first
+    box.db.conn.close()
+
+
 def test_a_damaged_kit_does_not_cost_the_update(enrolled: TestBox):
     kit = enrolled.folder / "kit.json"
     good = kit.read_bytes()
