@@ -23,7 +23,7 @@ import highdicom as hd
 import numpy as np
 from PIL import Image
 from pydicom.dataset import Dataset
-from pydicom.pixels import pixel_array
+from pydicom.pixels.utils import pixel_array
 
 SERIES_DESCRIPTION = "AI HEATMAP (MammoAI-TR) - not for diagnosis"
 SERIES_NUMBER = 9002
@@ -39,21 +39,23 @@ def grey8(ds: Dataset) -> np.ndarray:
     if str(getattr(ds, "PhotometricInterpretation", "")) == "MONOCHROME1":
         arr = arr.max() - arr
     lo, hi = np.percentile(arr, [1.0, 99.0])
-    return np.clip((arr - lo) * (255.0 / max(float(hi - lo), 1.0)), 0, 255).astype(np.uint8)
+    out: np.ndarray = np.clip((arr - lo) * (255.0 / max(float(hi - lo), 1.0)), 0, 255).astype(np.uint8)
+    return out
 
 
 def colour(heat: np.ndarray) -> np.ndarray:
-    """A 0..1 heatmap as RGB in 0..1 (blue -> green -> red), the scale viewers use for AI maps."""
-    h = np.clip(heat, 0.0, 1.0)[..., None]
-    centres = np.array([0.75, 0.5, 0.25], dtype=np.float32)  # red, green, blue peak at high, middle, low heat
-    return np.clip(1.5 - np.abs(4.0 * (h - centres)), 0.0, 1.0)
+    """A 0..1 heatmap as RGB in 0..1: red where the model looked hardest, shading to yellow, as the kiosk draws it."""
+    h = np.clip(heat, 0.0, 1.0)
+    rgb: np.ndarray = np.stack([np.ones_like(h), 0.9 * (1.0 - h), np.zeros_like(h)], axis=-1)
+    return rgb
 
 
-def blend(grey: np.ndarray, heat: np.ndarray, max_alpha: float = 0.55) -> np.ndarray:
-    """RGB uint8: the grey view with the heatmap over it, more opaque where the heat is higher (cold areas stay grey)."""
+def blend(grey: np.ndarray, heat: np.ndarray, max_alpha: float = 0.75) -> np.ndarray:
+    """RGB uint8: the grey view with the heatmap over it, as the kiosk's overlay: nothing below 0.15, more opaque as heat rises."""
     g = grey.astype(np.float32)[..., None] / 255.0
-    alpha = max_alpha * np.clip(heat, 0.0, 1.0)[..., None]
-    return np.clip(255.0 * ((1 - alpha) * g + alpha * colour(heat)), 0, 255).astype(np.uint8)
+    alpha = max_alpha * np.clip((np.asarray(heat, dtype=np.float32) - 0.15) / 0.85, 0.0, 1.0)[..., None]
+    out: np.ndarray = np.clip(255.0 * ((1 - alpha) * g + alpha * colour(heat)), 0, 255).astype(np.uint8)
+    return out
 
 
 def heatmap_image(source: Dataset, heatmap_png: bytes, *, series_uid: str, sop_uid: str, instance_number: int) -> Dataset:

@@ -37,7 +37,7 @@ from edge_agent import audit, export_keys
 from edge_agent.errors import MammoError, PacsError, PacsUnavailable
 from edge_agent.ingest.deid import DeidKeys
 from edge_agent.ingest.service import IngestService
-from edge_agent.pacs import capture, outbox, sr, transform
+from edge_agent.pacs import capture, iod, outbox, sr, transform
 from edge_agent.pacs.destinations import Destination, find, parse_destinations
 from edge_agent.queue import Effect, Job
 from edge_agent.settings import Settings
@@ -194,7 +194,7 @@ class ExportHandler:
             got = self.db.execute("SELECT manifest_sha256 FROM model_activations WHERE version = ? ORDER BY id DESC LIMIT 1",
                                   [result["model_version"]]).fetchone()
             manifest = got[0] if got else ""
-        return _Study(row[0], rows, result, manifest)  # type: ignore[arg-type]
+        return _Study(row[0], rows, result, manifest)
 
     def _keys(self, dest: Destination) -> DeidKeys:
         if dest.identified:
@@ -255,7 +255,7 @@ class ExportHandler:
     # -- sending -------------------------------------------------------------------------------------
     def _contexts(self, study: _Study) -> set[tuple[str, str]]:
         """Presentation contexts to propose: each stored image's SOP class and transfer syntax, the SR's and the heatmaps'."""
-        out = {("1.2.840.10008.5.1.4.1.1.88.33", ExplicitVRLittleEndian), ("1.2.840.10008.5.1.4.1.1.7", ExplicitVRLittleEndian)}
+        out: set[tuple[str, str]] = {(iod.COMPREHENSIVE_SR, str(ExplicitVRLittleEndian)), (iod.SECONDARY_CAPTURE, str(ExplicitVRLittleEndian))}
         for _sop, digest, _l, _v in study.rows:
             head = pydicom.dcmread(io.BytesIO(self.ingest.store.get(digest)), stop_before_pixels=True)
             out.add((str(head.SOPClassUID), str(head.file_meta.TransferSyntaxUID)))
@@ -275,6 +275,10 @@ class ExportHandler:
                 uid = str(out.dataset.SOPInstanceUID)
                 if uid in already:
                     continue
+                bad = iod.problems(out.dataset) if out.kind != "image" else []
+                if bad:
+                    raise PacsError(f"The box made an incomplete {out.kind} object ({'; '.join(bad)}); it was not sent. "
+                                    "This is a defect of the box: report it with `mammo export list --json`.")
                 link.store(out.dataset)
                 outbox.record_sent(self.db, dest.name, study_uid, uid, out.kind, self.clock())
         finally:

@@ -33,6 +33,8 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
+from edge_agent.inference.triage import NO_SUSPICIOUS, PRIORITY, REVIEW
+
 SCHEME = "99MAMMOAI"
 MANUFACTURER = "MammoAI-TR"
 DEVICE_NAME = "MammoAI-TR Edge"
@@ -47,9 +49,9 @@ SCORE = hd.sr.CodedConcept("SUSPICION", SCHEME, "AI suspicion score")
 TRIAGE = hd.sr.CodedConcept("TRIAGE", SCHEME, "AI triage category")
 NO_UNITS = hd.sr.CodedConcept("1", "UCUM", "no units")
 TRIAGE_VALUES = {
-    "no_suspicious": hd.sr.CodedConcept("NO_SUSPICIOUS", SCHEME, "No suspicious finding by AI"),
-    "review": hd.sr.CodedConcept("REVIEW", SCHEME, "AI suggests review"),
-    "priority": hd.sr.CodedConcept("PRIORITY", SCHEME, "AI suggests priority review"),
+    NO_SUSPICIOUS: hd.sr.CodedConcept("NO_SUSPICIOUS", SCHEME, "No suspicious finding by AI"),
+    REVIEW: hd.sr.CodedConcept("REVIEW", SCHEME, "AI suggests radiologist review"),
+    PRIORITY: hd.sr.CodedConcept("PRIORITY", SCHEME, "AI suggests priority radiologist review"),
 }
 
 
@@ -95,7 +97,7 @@ def groups(result: AiResult, uid: dict[str, str]) -> list[hd.sr.MeasurementsAndQ
     algorithm = _algorithm(result)
     out: list[hd.sr.MeasurementsAndQualitativeEvaluations | hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations] = []
     study_measurements = [_score(result.study_score, algorithm)] if result.study_score is not None else []
-    evaluations = [hd.sr.QualitativeEvaluation(TRIAGE, TRIAGE_VALUES[result.triage])] if result.triage in TRIAGE_VALUES else []
+    evaluations = [hd.sr.QualitativeEvaluation(TRIAGE, TRIAGE_VALUES[result.triage])] if result.triage is not None else []
     out.append(hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=uid["study"], identifier="AI triage of the study"),
         finding_type=BREAST, algorithm_id=algorithm, measurements=study_measurements or None, qualitative_evaluations=evaluations or None,
