@@ -35,6 +35,7 @@ from edge_agent.errors import (
     TooManyAttempts,
     UploadRejected,
 )
+from edge_agent.reporting import state as report_state
 from edge_agent.settings import Settings
 from kiosk_ui import auth, clinic_time, referral, throttle, wording
 from kiosk_ui.i18n import LANGUAGES, catalog, decimal, percent, person_name, pick_language, upper
@@ -204,7 +205,8 @@ async def study(request: Request, uid: FromPath[str]) -> Template:
     model = svc.model_info(view.model_version, _lang(request))
     return _page(request, "study.html", session, study=view, model=model, overlays=drawn_heatmaps(view, model), birads=BIRADS,
                  densities=DENSITIES, recommendations=RECOMMENDATIONS, biopsy_results=BIOPSY_RESULTS,
-                 saved=saved if saved in ("feedback", "report", "closed", "reopened") else "")
+                 saved=saved if saved in ("feedback", "report", "closed", "reopened") else "",
+                 deliveries=report_state.kiosk_lines(svc.db, uid, _lang(request)), deliveries_title=report_state.KIOSK_TITLE.get(_lang(request), ""))
 
 
 @get("/studies/{uid:str}/state.json")

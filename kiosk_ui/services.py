@@ -588,29 +588,21 @@ class KioskServices:
 
     # -- status bar -----------------------------------------------------------------------------
     def status_bar(self) -> StatusBar:
-        waiting = self.db.execute("SELECT count(*) FROM jobs WHERE queue = 'outbox' AND state IN ('ready', 'leased')").fetchone()[0]
+        from edge_agent.sync_view import summary
+
+        sync = summary(self.db, self.settings.home)  # the outbox of finished updates and the last exchange (sync writes them)
         rt = self.db.execute("SELECT model_version, profile FROM infer_runtime WHERE id = 1").fetchone()
         try:
             free = shutil.disk_usage(self.settings.home).free
         except OSError:
             free = 0
-        return StatusBar(self.probe.online, waiting, self._last_sync(), rt[0] if rt else None, rt[1] if rt else None, free, self._enrolled())
+        return StatusBar(self.probe.online, sync.pending, sync.last_sync_at, rt[0] if rt else None, rt[1] if rt else None, free, self._enrolled())
 
     def _enrolled(self) -> bool:
         """A startup kit is installed (whether it verifies is activation's business: a damaged one lets no model run)."""
         from provisioning.enrolment import KIT_FILE, folder_of
 
         return (folder_of(self.settings) / KIT_FILE).exists()
-
-    def _last_sync(self) -> float | None:
-        # The sync package records completed rounds in sync_rounds once it exists; until then there is none.
-        if not self.db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'sync_rounds'").fetchone():
-            return None
-        try:
-            row = self.db.execute("SELECT max(finished_at) FROM sync_rounds WHERE ok = 1").fetchone()
-        except Exception:
-            return None
-        return row[0] if row else None
 
 
 def _matches(needle: str, ident: Identity, study_uid: str, pseudonym: str) -> bool:
