@@ -26,6 +26,7 @@ from edge_agent.box import Box
 from edge_agent.console import data, views
 from edge_agent.console.i18n import LANGUAGES, t
 from edge_agent.errors import MammoError
+from edge_agent.pacs.service import console_line as pacs_console_line
 from edge_agent.queue import DeadJob
 
 PANES = ("health", "queues", "hardware", "enrolment", "keys", "sync", "models", "audit", "log")
@@ -121,6 +122,7 @@ class Console(App[None]):
                     yield DataTable(id="queue-table", cursor_type="row", zebra_stripes=True)
                     yield Static(id="dead-title")
                     yield DataTable(id="dead-table", cursor_type="row", zebra_stripes=True)
+                    yield Static(id="pacs-line")
                 yield VerticalScroll(Static(id="hardware-body"), id="hardware")
                 yield VerticalScroll(Static(id="enrolment-body"), id="enrolment")
                 yield VerticalScroll(Static(id="keys-body"), id="keys")
@@ -248,6 +250,7 @@ class Console(App[None]):
             dead.add_row(d.id, d.queue, d.attempts, escape((d.last_error or "")[:60]), key=str(d.id))
         dead.display = bool(v.dead)
         _keep_cursor(dead, row)
+        self.query_one("#pacs-line", Static).update(pacs_console_line(self.box.db, lang))  # edge_agent.pacs: exports by state
 
     def action_requeue(self) -> None:
         if self.current != "queues":

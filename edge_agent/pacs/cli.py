@@ -6,8 +6,12 @@ Heavy imports (pynetdicom, highdicom) happen inside the handlers: the parser loa
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from edge_agent.cliout import EXIT_FAILED, EXIT_OK, add_json_flag, emit
+
+if TYPE_CHECKING:
+    from edge_agent.box import Box
 
 WAIT_S = 300.0
 
@@ -43,7 +47,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], bench_sub
     p.set_defaults(handler=cmd_worklist_list)
 
 
-def _box(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def _box(args: argparse.Namespace) -> Box:
     from edge_agent.box import open_box
 
     return open_box(args.settings)

@@ -138,3 +138,14 @@ def destination_key(db: sqlite_utils.Database, master_key: bytes, destination: s
                    [destination, seal(master_key, key, _KEY_AAD + destination.encode()), export_keys.key_id(key), now])
         audit.append(db, ACTOR, "pacs_destination_key", destination, {"key_id": export_keys.key_id(key)}, at=now)
         return key
+
+
+def counts(db: sqlite_utils.Database) -> dict[str, int]:
+    """How many exports are in each state (the console's summary line)."""
+    return {state: n for state, n in db.execute("SELECT state, count(*) FROM pacs_exports GROUP BY state").fetchall()}
+
+
+def stuck(db: sqlite_utils.Database) -> ExportState | None:
+    """The latest export that is retrying or failed: what the technician should look at first."""
+    row = db.execute(f"SELECT {_COLUMNS} FROM pacs_exports WHERE state IN ('retrying', 'failed') ORDER BY updated_at DESC LIMIT 1").fetchone()
+    return ExportState(*row) if row else None

@@ -21,6 +21,8 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
+import sqlite_utils
+
 from edge_agent import audit
 from edge_agent.errors import PacsError
 from edge_agent.pacs import outbox
@@ -64,9 +66,32 @@ def refer_to_pacs(box: Box, study_uid: str, *, requested_by: str) -> list[Export
     return [export_study(box, study_uid, d.name, requested_by=requested_by) for d in destinations(box) if d.identified]
 
 
-def export_states(db: object, study_uid: str | None = None, limit: int = 50) -> list[ExportState]:
+def export_states(db: sqlite_utils.Database, study_uid: str | None = None, limit: int = 50) -> list[ExportState]:
     """Per-destination export state of a study (or the latest exports): for the kiosk's study page and the console."""
-    return outbox.states(db, study_uid, limit)  # type: ignore[arg-type]
+    return outbox.states(db, study_uid, limit)
+
+
+CONSOLE_WORDS = {
+    "tr": {"title": "PACS gönderimi", "queued": "sırada", "sending": "gönderiliyor", "retrying": "yeniden denenecek",
+           "sent": "gönderildi", "failed": "başarısız"},
+    "en": {"title": "PACS exports", "queued": "queued", "sending": "sending", "retrying": "retrying", "sent": "sent", "failed": "failed"},
+}
+
+
+def console_line(db: sqlite_utils.Database, lang: str) -> str:
+    """The console's queues screen: exports by state, and the latest stuck one with its reason ('' when nothing was exported)."""
+    from rich.markup import escape
+
+    words = CONSOLE_WORDS.get(lang, CONSOLE_WORDS["en"])
+    counts = outbox.counts(db)
+    if not counts:
+        return ""
+    order = ("queued", "sending", "retrying", "sent", "failed")
+    line = f"[b]{words['title']}[/b]  " + " · ".join(f"{words[s]} {counts[s]}" for s in order if counts.get(s))
+    stuck = outbox.stuck(db)
+    if stuck is not None:
+        line += f"\n[red]{escape(stuck.destination)} {stuck.study_uid[:20]}…: {escape((stuck.last_error or '')[:160])}[/red]"
+    return line
 
 
 def worklist_book(box: Box) -> WorklistBook:
