@@ -335,8 +335,9 @@ def _run(db: sqlite_utils.Database, settings: Settings, master_key: Callable[[],
         except ValueError as exc:
             why = checkpoint.discard(ck, str(exc))
             resume = None
+    notes = [f"checkpoint discarded: {why}"] if why else []
     if why:
-        ledger.mark(db, rnd.round_id, "running", steps_done=0, detail=f"checkpoint discarded: {why}")
+        ledger.mark(db, rnd.round_id, "running", steps_done=0, detail=notes[0])
     cfg = dp.DPConfig(noise_multiplier=rnd.noise_multiplier, max_grad_norm=rnd.max_grad_norm, sample_rate=rnd.sample_rate, steps=rnd.steps,
                       lr=settings.train_lr, delta=rnd.delta, seed=rnd.seed, beta=model.release.operating_points.beta,
                       fallback_p_other=model.release.operating_points.fallback_p_other)
@@ -380,7 +381,7 @@ def _run(db: sqlite_utils.Database, settings: Settings, master_key: Callable[[],
     ledger.record_gate(db, rnd.round_id, verdict.decision, active_auc=verdict.active_auc, adapted_auc=verdict.adapted_auc,
                        margin=settings.train_gate_margin, n_studies=verdict.n_studies, n_positive=verdict.n_positive, reason=verdict.reason,
                        weights_path=str(weights) if weights else None)
-    ledger.finish(db, rnd.round_id, update_id, steps_done=result.state.step, detail=f"gate: {verdict.decision} ({verdict.reason})")
+    ledger.finish(db, rnd.round_id, update_id, steps_done=result.state.step, detail="; ".join([f"gate: {verdict.decision} ({verdict.reason})", *notes]))
     checkpoint.remove(ck)
     log.info("round %s done: update %s placed, gate %s", rnd.round_id[:8], update_id, verdict.decision)
     return outcome("done", (f"update placed; gate: {verdict.decision} ({verdict.reason})",), rnd, steps_done=result.state.step,

@@ -144,9 +144,28 @@ def clinic_template(tmp_path_factory) -> Clinic:
     return _build(tmp_path_factory.mktemp("clinic-template"))
 
 
+def copy_clinic(template: Clinic, root: Path) -> Clinic:
+    shutil.copytree(template.home.parent, root, symlinks=True)
+    return Clinic(root / "home", root / "sink", list(template.studies))
+
+
 @pytest.fixture
 def clinic(clinic_template: Clinic, tmp_path: Path) -> Clinic:
     """A private copy of the template box (database, keystore, images, test sink)."""
-    root = tmp_path / "clinic"
-    shutil.copytree(clinic_template.home.parent, root, symlinks=True)
-    return Clinic(root / "home", root / "sink", list(clinic_template.studies))
+    return copy_clinic(clinic_template, tmp_path / "clinic")
+
+
+ROUND = {"MAMMO_TRAIN_STEPS": "30"}  # long enough to be interrupted after its first checkpoint (step 10)
+SEED = 11
+
+
+@pytest.fixture(scope="session")
+def reference_round(clinic_template: Clinic, tmp_path_factory) -> dict:
+    """The uninterrupted round (seed SEED, ROUND settings) that every interrupted one must end up equal to."""
+    from edge_agent.learning import runner
+
+    c = copy_clinic(clinic_template, tmp_path_factory.mktemp("reference") / "clinic")
+    placed: list = []
+    out = runner.run(c.settings(**ROUND), seed=SEED, sink=lambda db, home, update: placed.append(update) or update.update_id)
+    assert out.status == "done", out
+    return {"outcome": out, "update": placed[0]}
