@@ -122,6 +122,7 @@ class Console(App[None]):
                     yield DataTable(id="queue-table", cursor_type="row", zebra_stripes=True)
                     yield Static(id="dead-title")
                     yield DataTable(id="dead-table", cursor_type="row", zebra_stripes=True)
+                    yield Static(id="reports-line")
                     yield Static(id="pacs-line")
                 yield VerticalScroll(Static(id="hardware-body"), id="hardware")
                 yield VerticalScroll(Static(id="enrolment-body"), id="enrolment")
@@ -250,6 +251,7 @@ class Console(App[None]):
             dead.add_row(d.id, d.queue, d.attempts, escape((d.last_error or "")[:60]), key=str(d.id))
         dead.display = bool(v.dead)
         _keep_cursor(dead, row)
+        self.query_one("#reports-line", Static).update(_reports_line(v, lang))
         self.query_one("#pacs-line", Static).update(pacs_console_line(self.box.db, lang))  # edge_agent.pacs: exports by state
 
     def action_requeue(self) -> None:
@@ -411,3 +413,14 @@ def _keep_cursor(table: DataTable[Any], row: int) -> None:
 
 def run(box: Box, lang: str) -> None:
     Console(box, lang).run()
+
+def _reports_line(v: data.QueuesView, lang: str) -> str:
+    """Reports and SMS notices sent out, by state, and why the latest stuck one is stuck (edge_agent.reporting)."""
+    from edge_agent.reporting.state import KIOSK_CHANNEL, KIOSK_STATE, KIOSK_TITLE
+
+    lang = lang if lang in KIOSK_STATE else "tr"
+    if not v.reports:
+        return ""
+    parts = [f"{KIOSK_CHANNEL[lang][c]}: {KIOSK_STATE[lang][st]} {n}" for c, st, n in v.reports]
+    line = f"[b]{KIOSK_TITLE[lang]}[/b]  " + " · ".join(parts)
+    return line + (f"\n[red]{escape(v.report_problem[:160])}[/red]" if v.report_problem else "")

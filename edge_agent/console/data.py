@@ -148,10 +148,17 @@ def health(settings: Settings, before: CpuSample | None, after: CpuSample | None
 class QueuesView:
     stats: tuple[QueueStats, ...]
     dead: tuple[DeadJob, ...]
+    reports: tuple[tuple[str, str, int], ...] = ()  # (channel, state, how many) of the reports and SMS notices sent out, non-zero only
+    report_problem: str = ""  # why the latest report or notice that did not go through did not (the endpoint's answer, in English)
 
 
 def queues(box: Box, dead_limit: int = 100) -> QueuesView:
-    return QueuesView(tuple(box.queue.stats().values()), tuple(box.queue.dead_letters(None, dead_limit)))
+    from edge_agent.reporting import state as reports
+
+    stuck = reports.latest(box.db, 1, "retrying") or reports.latest(box.db, 1, "failed")
+    return QueuesView(tuple(box.queue.stats().values()), tuple(box.queue.dead_letters(None, dead_limit)),
+                      tuple((c, st, n) for (c, st), n in sorted(reports.counts(box.db).items()) if n),
+                      f"{stuck[0].channel} {stuck[0].study_uid[:20]}…: {stuck[0].detail}" if stuck else "")
 
 
 def requeue(box: Box, job: DeadJob) -> int:

@@ -89,3 +89,36 @@ def sent_since(db: sqlite_utils.Database, channel: str, since: float) -> list[fl
     """When each delivery of ``channel`` after ``since`` was made (the SMS rate limit counts them)."""
     return [float(r[0]) for r in db.execute("SELECT delivered_at FROM reporting_deliveries WHERE channel = ? AND delivered_at > ?"
                                             " ORDER BY delivered_at", [channel, since])]
+
+
+# -- what the kiosk shows (the doctor reads Turkish; the technician's English reasons stay in the console and CLI) --------
+
+KIOSK_TITLE = {"tr": "Gönderimler", "en": "Sent out"}
+KIOSK_CHANNEL = {"tr": {"fhir": "Ulusal kayıt raporu", "sms": "Aile hekimi SMS"},
+                 "en": {"fhir": "Report to the national record", "sms": "Family doctor SMS"}}
+KIOSK_STATE = {
+    "tr": {"disabled": "kapalı, gönderilmiyor", "awaiting_confirmation": "radyolog değerlendirmesi bekleniyor", "queued": "sırada",
+           "sending": "gönderiliyor", "retrying": "gönderilemedi, yeniden denenecek", "delivered": "iletildi",
+           "failed": "gönderilemedi: teknisyene bildirin"},
+    "en": {"disabled": "switched off, not sent", "awaiting_confirmation": "waiting for the radiologist's reading", "queued": "queued",
+           "sending": "sending", "retrying": "not delivered yet, will retry", "delivered": "delivered",
+           "failed": "not delivered: tell the technician"},
+}
+
+
+@dataclass(frozen=True)
+class KioskLine:
+    channel: str
+    state: str
+    text: str
+
+
+def kiosk_lines(db: sqlite_utils.Database, study_uid: str, lang: str) -> list[KioskLine]:
+    """One line per channel for the study page, in the reader's language (several SMS recipients: the least advanced state)."""
+    lang = lang if lang in KIOSK_STATE else "tr"
+    order = {s: i for i, s in enumerate(("failed", "retrying", "sending", "queued", "awaiting_confirmation", "disabled", "delivered"))}
+    worst: dict[str, str] = {}
+    for d in of_study(db, study_uid):
+        if d.channel not in worst or order[d.state] < order[worst[d.channel]]:
+            worst[d.channel] = d.state
+    return [KioskLine(c, s, f"{KIOSK_CHANNEL[lang][c]}: {KIOSK_STATE[lang][s]}") for c, s in sorted(worst.items())]
