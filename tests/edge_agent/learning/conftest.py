@@ -89,6 +89,17 @@ class Clinic:
         path = os.pathsep.join([str(self.sink_dir), str(Path(__file__).resolve().parents[3]), base.get("PYTHONPATH", "")])
         return {**base, **self.env(**extra), "PYTHONPATH": path}
 
+    def write_toml(self, **train: object) -> None:
+        """$MAMMO_HOME/mammo.toml as a technician writes it (what the scheduled job reloads): the test [train] settings."""
+        values = {k.removeprefix("MAMMO_TRAIN_").lower(): v for k, v in TRAIN_ENV.items()}
+        values.update({k: str(v) for k, v in train.items()})
+
+        def lit(v: str) -> str:
+            return v if v.replace(".", "", 1).isdigit() or v in ("true", "false") else f'"{v}"'
+
+        lines = [f'keystore_passphrase = "{PASSPHRASE}"', "[train]", *(f"{k} = {lit(str(v))}" for k, v in values.items())]
+        (self.home / "mammo.toml").write_text("\n".join(lines) + "\n")
+
     def runner_cmd(self, *args: str) -> list[str]:
         return [sys.executable, "-m", "edge_agent.learning.runner", *args]
 
