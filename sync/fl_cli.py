@@ -44,7 +44,11 @@ def _fmt(block: dict[str, Any]) -> str:
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     from models.errors import DatasetError
-    from sync.simulate import SimConfig, simulate
+    from sync.simulate import SimConfig, simulate, tables_markdown
+
+    if args.report:
+        print(tables_markdown(json.loads(Path(args.report).read_text())), end="")
+        return EXIT_OK
 
     cfg = SimConfig(data=args.data, folds=args.folds, seed=args.seed, rounds=args.rounds,
                     backbone_epochs=args.backbone_epochs, synthetic_pretrain=args.synthetic_pretrain,
@@ -83,11 +87,12 @@ def register(subparsers: Any, bench_subparsers: Any) -> None:
     p.add_argument("--synthetic-pretrain", type=int, default=400, help="synthetic mammograms to pretrain on (0 = none)")
     p.add_argument("--pretrain-epochs", type=int, default=20)
     p.add_argument("--plain-epochs", type=float, default=20.0, help="passes over the women in the non-private arms")
-    p.add_argument("--dp-steps", type=int, default=20, help="DP-SGD steps per round")
+    p.add_argument("--dp-steps", type=int, default=20, help="DP-SGD steps per clinic in all (federated: split evenly over the rounds)")
     p.add_argument("--epsilon", type=float, default=1.0, help="privacy budget per woman (the box's default)")
     p.add_argument("--delta", type=float, default=1e-5)
     p.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples of women for the 95%% CIs")
     p.add_argument("--max-women", type=int, default=0, help="use only the first N women of each clinic (tests, smoke runs)")
+    p.add_argument("--report", default=None, metavar="RESULT", help="print the markdown tables of an earlier --out file and exit (no training)")
     p.add_argument("--out", default=None, help="also write the whole result, with per-image predictions, to this file")
     add_json_flag(p)
     p.set_defaults(handler=cmd_simulate)

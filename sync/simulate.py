@@ -51,6 +51,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 __all__ = ["SimConfig", "ARMS", "simulate"]
 
 ARMS = ("local_only", "local_only_dp", "federated_he_dp", "federated_he", "centralized")
@@ -69,9 +71,9 @@ class SimConfig:
     pretrain_epochs: int = 20
     plain_epochs: float = 20.0  # passes over a clinic's (or the pool's) women, non-private arms
     batch_women: int = 16  # expected Poisson batch, women
-    lr: float = 0.05
-    dp_lr: float = 0.05
-    dp_steps: int = 20  # DP-SGD steps per round (local_only_dp: the one round)
+    lr: float = 0.005  # 0.05 saturated every probability at 1 on fold 0's TRAINING women (see the docs)
+    dp_lr: float = 0.005  # the same optimiser as the non-private twin: the comparison isolates clipping and noise
+    dp_steps: int = 20  # DP-SGD steps per clinic in all (local_only_dp: one round; federated: split over the rounds)
     clip: float = 1.0
     epsilon: float = 1.0
     delta: float = 1e-5
@@ -122,7 +124,7 @@ def _federated(base: Any, data_by_clinic: dict[str, Any], cfg: SimConfig, fold: 
             local = copy.deepcopy(part)
             s = _seed(cfg.seed, fold, c, rnd)
             if private:
-                dcfg = dp_config(len(data), cfg.dp_steps, cfg.batch_women, cfg.clip, cfg.dp_lr, cfg.epsilon, cfg.delta, s,
+                dcfg = dp_config(len(data), max(1, cfg.dp_steps // cfg.rounds), cfg.batch_women, cfg.clip, cfg.dp_lr, cfg.epsilon, cfg.delta, s,
                                  cfg.beta, rounds=cfg.rounds)
                 res = run_round(local, data, dcfg)
                 delta = res.delta
@@ -179,7 +181,8 @@ def _fold(records: list[Any], arrays: Any, split: Any, women: Any, fold: int, cf
                     "steps": dcfg.steps, "n_women": len(data[c])}
         # issue 12: the same DP round is the local adaptation; its non-private twin takes the same steps
         twin = copy.deepcopy(base)
-        train_plain(twin, data[c], dcfg)
+        twin_delta = train_plain(twin, data[c], dcfg)
+        spent[c].update({"delta_norm_dp": float(np.linalg.norm(res.delta)), "delta_norm_plain": float(np.linalg.norm(twin_delta))})
         rows["release"] += score(base, te)
         rows["adapted_dp"] += score(private, te)
         rows["adapted_plain"] += score(twin, te)
@@ -277,3 +280,56 @@ def simulate(cfg: SimConfig, say: Callable[[str], None] = lambda s: None) -> dic
         "predictions": {a: rows[a] for a in rows},
         "seconds": round(time.monotonic() - t0, 1),
     }
+
+
+def _cell(block: dict[str, Any] | None, key: str = "auc") -> str:
+    if not block or block.get(key) is None:
+        return "n/a"
+    lo, hi = block["ci95"]
+    if lo is None or hi is None:
+        return f"{block[key]:.3f}"
+    return f"{block[key]:+.3f} ({lo:+.3f} to {hi:+.3f})" if key == "difference" else f"{block[key]:.3f} ({lo:.3f}-{hi:.3f})"
+
+
+_ARM_NAMES = {
+    "local_only": "local only, no DP",
+    "local_only_dp": "local only, DP (the box alone)",
+    "federated_he_dp": "federated, HE + DP",
+    "federated_he": "federated, HE, no DP",
+    "centralized": "centralized (pooled), no DP",
+}
+
+
+def tables_markdown(result: dict[str, Any]) -> str:
+    """The docs' tables from a result (``--out`` file): AUC per woman with 95% CIs, paired differences, privacy spent."""
+    cols = ["all", "F", "G", "D"]
+    n = result["arms"]["centralized"]
+    head = "| | " + " | ".join(f"{c} ({n[c]['n_women']} women, {n[c]['n_abnormal']} with a finding)" for c in cols) + " |"
+    sep = "|---" * (len(cols) + 1) + "|"
+    out = ["### Woman-level AUC of the study score (95% CI, bootstrap over women)", "", head, sep]
+    for arm in ARMS:
+        out.append(f"| {_ARM_NAMES[arm]} | " + " | ".join(_cell(result["arms"][arm].get(c)) for c in cols) + " |")
+    out += ["", "### Paired differences (same women, one bootstrap for both arms)", "", "| | " + " | ".join(cols) + " |", sep]
+    for name, blocks in result["comparisons"].items():
+        b, a = name.split(" - ")
+        out.append(f"| {_ARM_NAMES[b]} minus {_ARM_NAMES[a]} | " + " | ".join(_cell(blocks.get(c), "difference") for c in cols) + " |")
+    ad = result["local_dp_adaptation"]
+    out += ["", "### Local DP adaptation per clinic (woman-level AUC, 95% CI)", "",
+            "| clinic | stand-in release as it is | after one local DP round | after the same round without DP | DP minus before | no-DP minus before |",
+            "|---|---|---|---|---|---|"]
+    for c in cols:
+        out.append(f"| {c} | {_cell(ad['before'].get(c))} | {_cell(ad['after_dp'].get(c))} | {_cell(ad['after_plain'].get(c))} | "
+                   f"{_cell(ad['after_dp - before'].get(c), 'difference')} | {_cell(ad['after_plain - before'].get(c), 'difference')} |")
+    out += ["", "### What the DP rounds were (per fold and clinic)", "",
+            "| fold | clinic | training women | sample rate | steps | noise multiplier | epsilon (delta 1e-5) | norm of the DP delta | norm of the no-DP delta |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for f, fold in enumerate(ad["privacy_by_fold"]):
+        for c, v in fold.items():
+            out.append(f"| {f} | {c} | {v['n_women']} | {v['sample_rate']:.2f} | {v['steps']} | {v['noise_multiplier']:.2f} | "
+                       f"{v['epsilon']:.3f} | {v['delta_norm_dp']:.2f} | {v['delta_norm_plain']:.2f} |")
+    fed = result["federated_by_fold"]
+    eps = [e for fold in fed for e in fold["epsilon_by_clinic"].values() if e is not None]
+    out += ["", f"Federated, HE + DP: each clinic's {result['config']['rounds']} rounds together spent epsilon "
+            f"{min(eps):.3f}-{max(eps):.3f} at delta {result['config']['delta']:g}; one encrypted update was "
+            f"{max(f['bytes_per_update'] for f in fed):,} bytes. Whole run: {result['seconds']:.0f} s."]
+    return "\n".join(out) + "\n"

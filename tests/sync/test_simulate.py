@@ -65,6 +65,9 @@ def test_simulate_prints_one_json_object_with_every_arm_and_the_privacy_spent(tm
     full = json.loads(out_file.read_text())
     refs = {r["ref"] for r in full["predictions"]["federated_he_dp"]}
     assert len(refs) == 24 and refs == {r["ref"] for r in full["predictions"]["local_only"]}
+    report = _run("--report", str(out_file))
+    assert report.returncode == 0, report.stderr[-2000:]
+    assert "| federated, HE + DP |" in report.stdout and "### Local DP adaptation per clinic" in report.stdout
 
 
 def test_simulate_refuses_a_folder_without_density_classes(tmp_path):
