@@ -179,6 +179,7 @@ class DicomReceiver:
                                           threads=threads).start()
             self.accepted.recover(wait_s=RECOVER_WAIT_S)  # what an earlier run acknowledged is stored before we listen
         _install_spool()
+        _config.LOG_REQUEST_IDENTIFIERS = _config.LOG_RESPONSE_IDENTIFIERS = False  # worklist queries and answers name women
         self._log_peer_policy()
         handlers: list[Any] = [
             (evt.EVT_REQUESTED, self._on_requested),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 import threading
 
 import highdicom as hd
@@ -26,7 +27,8 @@ def export_once(clinic, dest: str) -> None:
         worker.queue.db.conn.close()
 
 
-def test_referred_study_arrives_identified_with_sr_and_heatmaps(clinic_factory, pacs):
+def test_referred_study_arrives_identified_with_sr_and_heatmaps(clinic_factory, pacs, caplog):
+    caplog.set_level(logging.DEBUG)
     hospital = pacs()
     clinic = clinic_factory(pacs_destinations=f"HOSP_PACS@127.0.0.1:{hospital.port}/identified")
     patient = mg.TURKISH_PATIENTS[0]
@@ -59,6 +61,8 @@ def test_referred_study_arrives_identified_with_sr_and_heatmaps(clinic_factory, 
         assert sc.ImageType[:2] == ["DERIVED", "SECONDARY"] and sc.BurnedInAnnotation == "NO"
         assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID in {ds.SOPInstanceUID for ds in images}
         assert sc.SeriesInstanceUID not in {ds.SeriesInstanceUID for ds in images}
+    for planted in ("ÇELİK", "AYŞE", patient.patient_id):
+        assert planted not in caplog.text  # the export's logs, ours and pynetdicom's, name no one
     # the original images were not touched: the heatmap lives only in its own series
     stored = {r.sop_instance_uid: clinic.ingest.store.get(r.digest) for r in results}
     for ds in images:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -69,7 +70,8 @@ def unit_clinic(clinic_factory):
     receiver.stop()
 
 
-def test_unit_gets_todays_scheduled_women_and_their_images_link_back(unit_clinic):
+def test_unit_gets_todays_scheduled_women_and_their_images_link_back(unit_clinic, caplog):
+    caplog.set_level(logging.DEBUG)
     clinic, box = unit_clinic, unit_clinic.box
     day = today(box.settings)
     ayse, gulsen = mg.TURKISH_PATIENTS[0], mg.TURKISH_PATIENTS[1]
@@ -112,6 +114,8 @@ def test_unit_gets_todays_scheduled_women_and_their_images_link_back(unit_clinic
     assert clinic.ingest.worklist.accession_of(study_uid) == "ACC100"  # an identified export carries it again
     ok, left = c_find(clinic.receiver.port, query())
     assert [a.AccessionNumber for a in left] == ["ACC101"]  # done: off the worklist
+    for planted in ("ÇELİK", "ŞAHİN", ayse.patient_id, gulsen.patient_id):
+        assert planted not in caplog.text  # neither ours nor pynetdicom's logs name a woman (queries and answers included)
 
 
 def test_unknown_peer_gets_no_worklist_answers(unit_clinic):
