@@ -43,6 +43,7 @@ class DroppingProxy:
         self.upstream = upstream
         self.cut_every_s = cut_every_s
         self._listener = socket.create_server(("127.0.0.1", port))
+        self._listener.settimeout(0.2)  # accept() wakes to see a stop (closing a socket does not wake a thread blocked on it)
         self.port = int(self._listener.getsockname()[1])
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -104,8 +105,11 @@ class DroppingProxy:
         while not self._stop.is_set():
             try:
                 client, _ = self._listener.accept()
+            except TimeoutError:
+                continue
             except OSError:
                 return
+            client.settimeout(None)
             try:
                 server = socket.create_connection(self.upstream, timeout=5)
                 server.settimeout(None)

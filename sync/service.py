@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
@@ -81,31 +82,82 @@ def start_supernode(settings: Settings, keystore: Keystore, *, superlink: str | 
     return processes.start_supernode(sync_folder(settings), address, ca, key, port, {"home": str(settings.home)}, env=child_env)
 
 
-def _supervise(box: Box, stop: threading.Event) -> None:
-    delay = RESTART_MIN_S
-    key = sync_folder(box.settings) / KEY_FILE
-    try:
-        while not stop.is_set():
+class Supervisor:
+    """Keeps one SuperNode running for a box: restarts it with a capped back-off whenever it exits.
+
+    A SuperNode exits when the coordinator refuses it (a revoked box, a 401), and also when it starts while the
+    coordinator still counts its previous run as online: after a power cut (SIGKILL) Flower keeps the node "online"
+    until its heartbeat lapses (up to about a minute) and refuses a second activation meanwhile.  Restarting until
+    the link accepts covers both, and every exit is logged.
+    """
+
+    def __init__(self, settings: Settings, keystore: Keystore, *, superlink: str | None = None, env: dict[str, str] | None = None,
+                 min_delay: float = RESTART_MIN_S, max_delay: float = RESTART_MAX_S) -> None:
+        self.settings, self.keystore, self.superlink, self.env = settings, keystore, superlink, env
+        self.min_delay, self.max_delay = min_delay, max_delay
+        self.child: processes.Child | None = None
+        self.starts = 0
+        self.exits: list[int | None] = []
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="sync-supernode", daemon=True)
+
+    def start(self) -> Supervisor:
+        self._thread.start()
+        return self
+
+    def alive(self) -> bool:
+        with self._lock:
+            return self.child is not None and self.child.alive()
+
+    def stop(self, *, kill: bool = False) -> None:
+        """Stop supervising and stop the SuperNode (SIGTERM, so Flower marks the node offline; ``kill``: SIGKILL, as a power cut)."""
+        self._stop.set()
+        with self._lock:
+            child, self.child = self.child, None
+        if child is not None:
+            child.kill() if kill else child.stop()
+        self._thread.join(timeout=30)
+        if not kill:
+            (sync_folder(self.settings) / KEY_FILE).unlink(missing_ok=True)
+
+    def _run(self) -> None:
+        delay = self.min_delay
+        while not self._stop.is_set():
             try:
-                child = start_supernode(box.settings, box.keystore)
+                with self._lock:
+                    if self._stop.is_set():
+                        return
+                    self.child = start_supernode(self.settings, self.keystore, superlink=self.superlink, env=self.env)
+                    self.starts += 1
+                    child = self.child
             except Exception:
                 log.exception("sync: the SuperNode could not start; retrying in %.0f s", delay)
-                stop.wait(delay)
-                delay = min(delay * 2, RESTART_MAX_S)
+                self._stop.wait(delay)
+                delay = min(delay * 2, self.max_delay)
                 continue
-            while not stop.wait(1.0) and child.alive():
+            started = time.monotonic()
+            while not self._stop.wait(0.5) and child.alive():
                 pass
-            if stop.is_set():
-                child.stop()
-                break
+            if self._stop.is_set():
+                return
             code = child.proc.returncode
+            with self._lock:
+                self.exits.append(code)
+                self.child = None
             child.stop()
-            log.warning("sync: the SuperNode exited with %s (refused, or the link failed for good); restarting in %.0f s. Log: %s",
-                        code, delay, child.log_path)
-            stop.wait(delay)
-            delay = min(delay * 2, RESTART_MAX_S)
-    finally:
-        key.unlink(missing_ok=True)
+            if time.monotonic() - started > 120:
+                delay = self.min_delay  # it ran a good while: this exit is news, not a refusal loop
+            log.warning("sync: the SuperNode exited with %s (refused, still counted online after a crash, or the link failed for good); "
+                        "restarting in %.0f s. Log: %s", code, delay, child.log_path)
+            self._stop.wait(delay)
+            delay = min(delay * 2, self.max_delay)
+
+
+def _supervise(box: Box, stop: threading.Event) -> None:
+    supervisor = Supervisor(box.settings, box.keystore).start()
+    stop.wait()
+    supervisor.stop()
 
 
 def start_services(box: Box, stop: threading.Event) -> list[threading.Thread]:

@@ -318,7 +318,9 @@ class Console(App[None]):
         self.query_one("#keys-body", Static).update(views.keys(self.lang, data.keys(self.box.settings)))
 
     def _load_sync(self) -> None:
-        self.query_one("#sync-body", Static).update(views.sync(self.lang, data.sync(self.box)))
+        view = data.sync(self.box)
+        self.query_one("#sync-body", Static).update(views.sync(self.lang, view))
+        self.query_one("#sync-note", Static).update(f"[i]{t(self.lang, 'sync.none')}[/i]" if view.summary.last_sync_at is None else "")
 
     def _load_models(self) -> None:
         v = self._models = data.models(self.box)
@@ -414,6 +416,7 @@ def _keep_cursor(table: DataTable[Any], row: int) -> None:
 def run(box: Box, lang: str) -> None:
     Console(box, lang).run()
 
+
 def _reports_line(v: data.QueuesView, lang: str) -> str:
     """Reports and SMS notices sent out, by state, and why the latest stuck one is stuck (edge_agent.reporting)."""
     from edge_agent.reporting.state import KIOSK_CHANNEL, KIOSK_STATE, KIOSK_TITLE
@@ -424,3 +427,4 @@ def _reports_line(v: data.QueuesView, lang: str) -> str:
     parts = [f"{KIOSK_CHANNEL[lang][c]}: {KIOSK_STATE[lang][st]} {n}" for c, st, n in v.reports]
     line = f"[b]{KIOSK_TITLE[lang]}[/b]  " + " · ".join(parts)
     return line + (f"\n[red]{escape(v.report_problem[:160])}[/red]" if v.report_problem else "")
+

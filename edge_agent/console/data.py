@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Any
 from edge_agent.box import Box
 from edge_agent.queue import DeadJob, QueueStats
 from edge_agent.settings import Settings
+from edge_agent.sync_view import SyncSummary
+from edge_agent.sync_view import summary as sync_summary
 
 if TYPE_CHECKING:
     from edge_agent.inference.activation import Activation, ModelVersion
@@ -307,15 +309,30 @@ def keys(settings: Settings) -> KeysView:
 
 @dataclass(frozen=True)
 class SyncView:
-    """Sync does not exist yet: the console shows where it will connect and what waits in the outbox."""
+    """The box's federated sync (``edge_agent.sync_view``: the outbox table and the last exchange), and, on a machine that
+    also runs the coordinator, its clinics as its ServerApp last saw them."""
 
-    available: bool
+    enabled: bool
+    reason: str | None
     coordinator: str | None
-    outbox: QueueStats | None
+    summary: SyncSummary
+    clinics: tuple[dict[str, Any], ...] = ()
 
 
 def sync(box: Box) -> SyncView:
-    return SyncView(False, enrolment(box.settings).coordinator, box.queue.stats().get("outbox"))
+    s = box.settings
+    coordinator = enrolment(s).coordinator
+    reason = None if s.sync_enabled else "sync_enabled = false"
+    if reason is None and not (s.sync_superlink or coordinator):
+        reason = "no startup kit naming a coordinator"
+    clinics: tuple[dict[str, Any], ...] = ()
+    home = Path(os.environ.get("MAMMO_COORDINATOR_HOME") or s.home / "coordinator")
+    try:
+        links = json.loads((home / "links.json").read_text(encoding="utf-8"))
+        clinics = tuple({"box_id": b, **v} for b, v in sorted((links.get("boxes") or {}).items()))
+    except (OSError, ValueError, AttributeError):
+        pass
+    return SyncView(reason is None, reason, s.sync_superlink or coordinator, sync_summary(box.db, s.home, recent=4), clinics)
 
 
 # --- model versions -----------------------------------------------------------------------------

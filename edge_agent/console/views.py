@@ -119,11 +119,24 @@ def keys(lang: str, k: KeysView) -> str:
 
 
 def sync(lang: str, s: SyncView) -> str:
-    out = s.outbox
-    outbox = f"ready {out.ready}, leased {out.leased}, done {out.done}, dead {out.dead}" if out else t(lang, "none")
-    return "\n".join([_row(t(lang, "sync.state"), f"[yellow]{t(lang, 'sync.none')}[/yellow]"),
-                      _row(t(lang, "sync.coordinator"), escape(s.coordinator or t(lang, "none"))),
-                      _row(t(lang, "sync.outbox"), outbox)])
+    m = s.summary
+    state = f"[green]{t(lang, 'sync.on')}[/green]" if s.enabled else f"[yellow]{t(lang, 'sync.off')}[/yellow] [dim]{escape(s.reason or '')}[/dim]"
+    waiting = t(lang, "sync.waiting_n", n=m.pending, kb=m.pending_bytes // 1024) + (f" [dim]{when(m.oldest_pending_at)[5:16]}[/dim]" if m.oldest_pending_at else "")
+    lines = [_row(t(lang, "sync.state"), state), _row(t(lang, "sync.coordinator"), escape(s.coordinator or t(lang, "none"))),
+             _row(t(lang, "sync.waiting"), waiting), _row(t(lang, "sync.last"), when(m.last_sync_at)), _row(t(lang, "sync.last_ack"), when(m.last_ack_at))]
+    if m.model_version:
+        lines.append(_row(t(lang, "sync.model"), escape(m.model_version)))
+    if m.last_release:
+        r = m.last_release
+        verdict = t(lang, "sync.release_ok") if r.get("ok") else f"[red]{t(lang, 'sync.release_refused')}[/red] {escape(str(r.get('error', ''))[:60])}"
+        lines.append(_row(t(lang, "sync.release"), f"{escape(str(r.get('version')))} {verdict}"))
+    lines += [f"  [dim]{when(e['placed_at'])[5:16]} {escape(str(e['update_id']))[:8]} {e['state']:<12} x{e['attempts']}[/dim]" for e in m.recent]
+    if s.clinics:
+        lines.append(f"[b]{t(lang, 'sync.clinics')}[/b]")
+        lines += [f"  {escape(c['box_id'])[:8]} {when(c.get('last_contact_at'))[5:16]} {escape(str(c.get('model_version') or '-'))[:14]:<14} "
+                  f"{t(lang, 'sync.waiting_n', n=(c.get('outbox') or {}).get('pending', 0), kb=(c.get('outbox') or {}).get('pending_bytes', 0) // 1024)}"
+                  for c in s.clinics[:6]]
+    return "\n".join(lines)
 
 
 def models(lang: str, v: ModelsView) -> str:

@@ -366,14 +366,17 @@ class Coordinator:
     def address(self) -> str:
         return f"{self.host}:{self.port}"
 
+    @property
+    def _run_config(self) -> dict[str, str]:
+        return {"coordinator-home": str(self.paths.root), "poll-s": str(self.poll_s), "reply-timeout-s": str(self.reply_timeout_s)} | self.run_config
+
     def start(self, stop: threading.Event) -> list[threading.Thread]:
         tls = processes.LinkTls(self.paths.tls / "server.pem", self.paths.tls / "server.key", self.paths.ca)
         processes.write_cli_config(self.paths.flwr_home, self.address, self.paths.ca)
         self.superlink = processes.start_superlink(self.paths.root, self.port, tls)
         try:
             admit(self.paths, self.auth)
-            config = {"coordinator-home": str(self.paths.root), "poll-s": str(self.poll_s), "reply-timeout-s": str(self.reply_timeout_s)}
-            self.run_id = processes.submit_run(self.paths.flwr_home, APP_DIR, config | self.run_config)
+            self.run_id = processes.submit_run(self.paths.flwr_home, APP_DIR, self._run_config)
         except BaseException:
             self.superlink.stop()
             raise
@@ -385,6 +388,14 @@ class Coordinator:
             self._threads.append(t)
         log.info("coordinator up at %s (run %s)", self.address, self.run_id)
         return self._threads
+
+    def restart_run(self) -> int:
+        """Stop the ServerApp's run and submit a new one (a coordinator restart: what the loop held in memory is gone;
+        the store and the boxes' outboxes carry everything that matters)."""
+        if self.run_id is not None:
+            processes.stop_run(self.paths.flwr_home, self.run_id)
+        self.run_id = processes.submit_run(self.paths.flwr_home, APP_DIR, self._run_config)
+        return self.run_id
 
     def stop(self) -> None:
         if self.run_id is not None and self.superlink is not None and self.superlink.alive():

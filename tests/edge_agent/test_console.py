@@ -238,3 +238,27 @@ def test_console_language_is_a_checked_setting(tmp_path: Path):
     assert Settings.load(env={"MAMMO_HOME": str(tmp_path), "MAMMO_CONSOLE_LANGUAGE": "en"}).console_language == "en"
     with pytest.raises(SettingsError, match="console_language"):
         Settings.load(env={"MAMMO_HOME": str(tmp_path), "MAMMO_CONSOLE_LANGUAGE": "de"})
+
+
+async def test_sync_screen_shows_what_waits_and_when_the_box_last_synced(box: Box):
+    """The outbox rows and the last exchange the box's sync left behind, read without importing sync."""
+    import json
+    import time
+
+    now = time.time()
+    for n, state in (("u-waiting", "queued"), ("u-done", "acknowledged")):
+        box.db.execute(
+            "INSERT INTO sync_outbox (update_id, sha256, base_model_version, spec, spec_digest, value_count, example_count, epsilon, delta_dp, "
+            "noise_multiplier, local_metrics, he_version, state, bytes, created_at, placed_at, closed_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            [n, n * 8, "0.1.0", "{}", "d", 2, 10, 0.3, 1e-5, 1.1, "{}", 1, state, 1_200_000, now, now, now if state == "acknowledged" else None])
+    box.db.conn.commit()
+    (box.settings.home / "sync").mkdir()
+    (box.settings.home / "sync" / "link.json").write_text(json.dumps({"last_contact_at": now - 60, "model_version": "0.1.0+fl.3",
+                                                                      "last_release": {"version": "0.1.0+fl.3", "ok": True}}))
+    app = Console(box, "en")
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        text = await show(app, pilot, "6")
+        assert re.search(r"Waiting to sync\s+1 update\(s\), 1171 KB", text)
+        assert "0.1.0+fl.3" in text and "verified, active" in text and "no sync yet" not in text
+        assert re.search(r"Last sync\s+\d{4}-\d\d-\d\d", text)

@@ -355,13 +355,27 @@ def test_empty_upload_says_so(doctor: TestClient, kiosk: Kiosk):
 
 # -- status bar and language -----------------------------------------------------------------------
 def test_status_bar_shows_offline_outbox_model_and_disk(doctor: TestClient, kiosk: Kiosk):
-    kiosk.box.queue.enqueue("outbox", {"kind": "update"})
-    kiosk.box.queue.enqueue("outbox", {"kind": "update2"})
+    # "Waiting to sync" counts the finished local updates in the sync outbox (two, kept sealed: this box has no kit yet).
+    import numpy as np
+
+    from sync import outbox
+    from sync.update import LocalUpdate, TrainableSpec
+
+    spec = TrainableSpec(("head.bias",), ((2,),))
+    for n in ("u1", "u2"):
+        outbox.place_update(kiosk.box.db, kiosk.box.settings.home, LocalUpdate(n, "0.1.0", spec, np.zeros(2, np.float32), 10, 0.3, 1e-5, 1.1),
+                            keystore=kiosk.box.keystore)
     html = doctor.get("/worklist").text
     bar = html[html.index('id="statusbar"'):]
     assert "Çevrimdışı" in bar and 'id="bar-outbox">2<' in bar
     assert "Son eşitleme: <b>—</b>" in bar and "synthetic-demo" in bar and "cpu-basic" in bar and "GB" in bar
     assert doctor.get("/statusbar.json").json()["online"] is False
+    # The last exchange with the coordinator, as the box's ClientApp records it, becomes "last sync".
+    link = kiosk.box.settings.home / "sync" / "link.json"
+    link.parent.mkdir(exist_ok=True)
+    link.write_text('{"last_contact_at": 1796050000.0}')
+    bar = doctor.get("/worklist").text
+    assert "Son eşitleme: <b>—</b>" not in bar[bar.index('id="statusbar"'):]
 
 
 def test_english_is_available(doctor: TestClient, kiosk: Kiosk):
