@@ -62,12 +62,17 @@ def _images_loaded(page) -> bool:
     return page.evaluate("() => Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)")
 
 
-def test_doctor_walks_from_sign_in_to_a_referral_pdf(served, browser, shots: Path, tmp_path: Path):
+def test_a_clinic_day_from_sign_in_to_the_radiologists_report(served, browser, shots: Path, tmp_path: Path):
+    """Sign in, open the next priority study, view it, record agreement, print the referral from the page, and later
+    enter the radiologist's report: the whole task, in Turkish, at 1366x768."""
     kiosk, url = served
-    context = browser.new_context(viewport={"width": 1366, "height": 900}, accept_downloads=True, locale="tr-TR")
+    context = browser.new_context(viewport={"width": 1366, "height": 768}, accept_downloads=True, locale="tr-TR")
+    # Headless Chromium has no print dialog (a real print() there crashes the page): each frame counts its print() calls.
+    context.add_init_script("window.print = function () { window.__printed = (window.__printed || 0) + 1; };")
     page = context.new_page()
     outside: list[str] = []
-    page.on("request", lambda req: outside.append(req.url) if not req.url.startswith(url) else None)
+    # (the browser's own PDF viewer, which shows the printed letter, loads its parts from chrome:// and chrome-extension://)
+    page.on("request", lambda req: outside.append(req.url) if not req.url.startswith((url, "chrome://", "chrome-extension://")) else None)
     failed: list[str] = []
     page.on("response", lambda r: failed.append(f"{r.status} {r.request.method} {r.url}") if r.status >= 400 else None)
 
@@ -75,7 +80,8 @@ def test_doctor_walks_from_sign_in_to_a_referral_pdf(served, browser, shots: Pat
     page.goto(url + "/worklist")
     assert page.url.startswith(url + "/login")
     assert page.inner_text("#login-message") == "Bu sayfayı görmek için giriş yapmalısınız."
-    page.screenshot(path=str(shots / "01-giris.png"))
+    assert page.inner_text("button[type=submit]") == "Giriş yap"
+    _shot(page, shots / "01-giris.png")
     page.fill("input[name=username]", "doktor")
     page.fill("input[name=password]", "yanlis-parola")
     page.click("button[type=submit]")
@@ -85,32 +91,54 @@ def test_doctor_walks_from_sign_in_to_a_referral_pdf(served, browser, shots: Pat
     page.click("button[type=submit]")
     page.wait_for_url(url + "/worklist")
 
-    # Worklist: priority first, real names, the offline badge in the status bar.
+    # Worklist: today's counts, priority first, every study new, the offline badge in the status bar.
+    assert page.inner_text("#today-counts") == "Bugün: 3 tetkik, 1 öncelikli, 3 yeni"
     names = page.locator("#worklist .name").all_inner_texts()
     assert names[0] == "Ayşe ÇELİK" and "İpek ÖZTÜRK" in names
+    assert page.locator("#worklist .flow-badge").all_inner_texts() == ["Yeni"] * 3
     assert page.inner_text("#net-badge") == "Çevrimdışı" and page.is_visible("#net-badge")
-    page.screenshot(path=str(shots / "02-is-listesi.png"))
+    _shot(page, shots / "02-is-listesi.png")
+    # The whole row opens the study, not only the name: tap the score cell of the normal study.
+    page.click(f"#worklist tr[data-study='{kiosk.studies['normal']}'] td.score")
+    page.wait_for_url(url + f"/studies/{kiosk.studies['normal']}")
+    page.goto(url + "/worklist")
+    assert page.inner_text("#today-counts") == "Bugün: 3 tetkik, 1 öncelikli, 2 yeni"
 
-    # Study: four views with heatmaps, the explanation, then the heatmap toggled off and on.
-    page.click("#worklist tbody tr:first-child a.open")
-    page.wait_for_selector("#triage")
+    # "Next new study": the priority one, nobody has opened it yet.
+    page.click("#next-unseen")
+    page.wait_for_url(url + f"/studies/{kiosk.studies['priority']}")
     page.wait_for_function("() => Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)")
     assert page.inner_text("#triage") == "Öncelikli radyolog değerlendirmesi"
     assert "belirgin şüpheli" in page.inner_text("#triage-explain")
-    assert page.locator("img.base").count() == 4
-    assert page.locator("img.overlay").first.is_visible()
-    page.set_viewport_size({"width": 1366, "height": 1720})  # the whole study page, status bar at its foot
-    page.screenshot(path=str(shots / "03-cekim-isi-haritasi.png"))
-    page.set_viewport_size({"width": 1366, "height": 900})
+    assert page.locator("img.base").count() == 4 and page.locator("img.overlay").first.is_visible()
+    assert page.inner_text("#study-flow") == "Görüldü"
+    _assert_fits(page)
+    _shot(page, shots / "03-tetkik-isi-haritasi.png")
     page.click("#heatmap-toggle")
-    assert page.locator("img.overlay").first.is_hidden()
+    assert page.locator("#views img.overlay").first.is_hidden()
     assert page.get_attribute("#heatmap-toggle", "aria-pressed") == "false"
-    page.locator(".views-section").screenshot(path=str(shots / "04-cekim-isi-haritasi-kapali.png"))
     page.click("#heatmap-toggle")
-    assert page.locator("img.overlay").first.is_visible()
 
-    # Feedback: nothing chosen until the doctor chooses; the choice then shows as chosen. Agreement and notes only.
+    # The viewer: one view full screen, zoom, window and invert, heatmap opacity, right and left side by side.
+    page.locator("#views .frame").first.click()
+    assert page.is_visible("#viewer") and page.locator("#viewer-stage .viewer-pane").count() == 1
+    page.click("#viewer [data-zoom='1.25']")
+    assert "scale(1.25)" in page.locator("#viewer-stage .layer").first.get_attribute("style")
+    page.check("#viewer-invert")
+    page.fill("#viewer-contrast", "150")
+    assert "contrast(150%) invert(1)" in page.locator("#viewer-stage img.base").first.get_attribute("style")
+    page.fill("#viewer-opacity", "40")
+    assert page.locator("#viewer-stage img.overlay").first.evaluate("e => getComputedStyle(e).opacity") == "0.4"
+    page.click("#viewer-compare")
+    assert [c.split(" ·")[0] for c in page.locator("#viewer-stage .caption").all_inner_texts()] == ["Sağ CC", "Sol CC"]
+    page.wait_for_function("() => Array.from(document.querySelectorAll('#viewer-stage img')).every(i => i.complete && i.naturalWidth > 0)")
+    _shot(page, shots / "04-goruntuleyici-sag-sol.png")
+    page.click("#viewer-close")
+    assert not page.is_visible("#viewer")
+
+    # Feedback: nothing chosen until the doctor chooses; the choice then shows as chosen; the confirmation where she is.
     assert page.locator("#feedback input:checked").count() == 0
+    page.click("#go-feedback")
     agree = page.locator("#agree-choice label.pill").first
     before = agree.evaluate("e => getComputedStyle(e).backgroundColor")
     page.click("#feedback-submit")  # the browser refuses a form without a choice
@@ -118,15 +146,27 @@ def test_doctor_walks_from_sign_in_to_a_referral_pdf(served, browser, shots: Pat
     agree.click()
     assert page.is_checked("input[name=agrees][value=yes]")
     assert agree.evaluate("e => getComputedStyle(e).backgroundColor") == "rgb(138, 28, 74)" != before
-    assert page.is_visible("#report-entry") and not page.is_visible("input[name=birads]")  # folded away: the report's categories
     page.fill("textarea[name=notes]", "Sağ meme üst dış kadranda ele gelen kitle; radyoloğa öncelikli sevk.")
-    page.locator("#feedback").screenshot(path=str(shots / "05-geri-bildirim.png"))
+    _shot(page, shots / "05-gorus.png", locator=page.locator("#feedback"))
     page.click("#feedback-submit")
     page.wait_for_selector("#feedback-saved")
+    assert _in_view(page, "#feedback-saved"), "the confirmation must be on screen, not at the top of a long page"
     assert "Sağ meme üst dış kadranda" in page.inner_text("#feedback-history")
     assert kiosk.count("kiosk_feedback", "birads IS NULL AND density IS NULL AND agrees = 1") == 1
 
-    # Referral: one tap from the study (two from the worklist); the PDF's text is Turkish and names the patient.
+    # Print from the page itself: no new tab; the letter loads in a hidden frame of this page and goes to the printer.
+    page.evaluate("() => window.scrollTo(0, 0)")
+    page.click("#print-link")
+    page.wait_for_function("() => document.getElementById('print-frame')")
+    assert len(context.pages) == 1 and page.url.startswith(url + f"/studies/{kiosk.studies['priority']}")
+    assert page.get_attribute("#print-frame", "src").endswith("/referral.pdf?print=1") and page.is_visible("#print-note")
+    page.wait_for_function("() => (document.getElementById('print-frame').contentWindow.__printed || 0) > 0")
+    assert page.evaluate("() => [document.getElementById('print-frame').contentDocument.contentType,"
+                         " document.getElementById('print-frame').contentWindow.__printed]") == ["application/pdf", 1]
+    _wait(lambda: kiosk.audit("print_referral"))
+    assert [row[1] for row in kiosk.audit("print_referral")] == [kiosk.studies["priority"]]
+
+    # The PDF itself (saved for the file): Turkish, names the patient, the doctor's notes, no categories yet.
     with page.expect_download() as dl:
         page.click("#referral-link")
     pdf_path = tmp_path / "sevk.pdf"
@@ -134,18 +174,48 @@ def test_doctor_walks_from_sign_in_to_a_referral_pdf(served, browser, shots: Pat
     text = " ".join(PdfReader(io.BytesIO(pdf_path.read_bytes())).pages[0].extract_text().split())
     assert "Meme Radyolojisi Sevk Belgesi" in text and "Ayşe ÇELİK" in text and "Sayın Radyoloji Uzmanı" in text
     assert "Yapay zekâ ön değerlendirmesi" in text and "ele gelen kitle" in text and "BI-RADS" not in text
-    assert [row[1] for row in kiosk.audit("export_referral")] == [kiosk.studies["priority"]]
+    page.goto(url + "/worklist?flow=referred")
+    assert page.locator("#worklist .name").all_inner_texts() == ["Ayşe ÇELİK"]
+
+    # Later: the radiologist's report comes back and the radiologist enters it from her own account.
+    radiologist = browser.new_context(viewport={"width": 1366, "height": 768}, locale="tr-TR").new_page()
+    radiologist.goto(url + "/login")
+    radiologist.fill("input[name=username]", "radyolog")
+    radiologist.fill("input[name=password]", PASSWORDS["radyolog"])
+    radiologist.click("button[type=submit]")
+    radiologist.wait_for_url(url + "/worklist")
+    radiologist.goto(url + f"/studies/{kiosk.studies['priority']}")
+    assert radiologist.get_attribute("#report-entry", "open") is not None  # a referred study opens on its report form
+    radiologist.check("#report input[name=birads][value='4']")
+    radiologist.check("#report input[name=density][value='C']")
+    radiologist.check("#report input[name=recommendation][value='biopsy']")
+    assert radiologist.locator("#from-report").count() == 0  # a radiologist types her own report
+    radiologist.click("#report-submit")
+    radiologist.wait_for_selector("#report-saved")
+    assert _in_view(radiologist, "#report-saved")
+    latest = radiologist.inner_text("#report-latest")
+    assert "BI-RADS 4, yoğunluk C; Biyopsi" in latest and "radyolog Dr. İsmail Kaya girdi" in latest
+    _shot(radiologist, shots / "06-radyoloji-raporu.png", locator=radiologist.locator("#report"))
+    radiologist.context.close()
+    assert kiosk.box.db.execute("SELECT birads, density, recommendation, source FROM kiosk_radiology_reports").fetchall() == [
+        (4, "C", "biopsy", "radiologist")]
+
+    # The doctor sees the answer on her worklist and the woman on the recall list.
+    page.goto(url + "/worklist")
+    assert page.locator(f"#worklist tr[data-study='{kiosk.studies['priority']}'] .flow-badge").inner_text() == "Radyoloji raporu geldi"
+    page.click("nav >> text=Kontrol listesi")
+    assert page.locator("#recalls .name").all_inner_texts() == ["Ayşe ÇELİK"] and "Biyopsi" in page.inner_text("#recalls")
+    _shot(page, shots / "07-kontrol-listesi.png")
 
     # A study still being received opens at once, then updates itself when its result arrives.
     page.goto(url + f"/studies/{kiosk.studies['pending']}")
     assert page.get_attribute("#study", "data-pending") == "yes"
-    page.screenshot(path=str(shots / "06-analiz-bekleniyor.png"))
     writer = IngestService(db=kiosk.box.db, keystore=kiosk.box.keystore, queue=kiosk.box.queue, settings=kiosk.settings)
     synthetic.write_result(writer, kiosk.studies["pending"], triage="radiologist_review", score=0.55)
     page.wait_for_selector("#triage", timeout=20_000)
     assert page.inner_text("#triage") == "Radyolog değerlendirmesi"
 
-    # USB upload: per-file results.
+    # USB upload: a Turkish file picker, then per-file results.
     files = []
     for i, ds in enumerate(mg.screening_study(mg.fake_patient(3), seed=3, size=96)):
         f = tmp_path / "usb" / "DICOM" / f"IM{i:04d}"
@@ -154,22 +224,110 @@ def test_doctor_walks_from_sign_in_to_a_referral_pdf(served, browser, shots: Pat
     (tmp_path / "usb" / "BENIOKU.txt").write_text("Bu bir DICOM dosyası değil", encoding="utf-8")
     files.append(str(tmp_path / "usb" / "BENIOKU.txt"))
     page.click("text=USB'den yükle")
+    assert page.inner_text("#upload-files-button") == "Dosya seç" and page.inner_text("#upload-files-chosen") == "Dosya seçilmedi"
+    assert page.locator("#upload-files").bounding_box()["width"] <= 1  # the browser's own "Choose Files" button never shows
     page.set_input_files("#upload-files", files)
+    assert page.inner_text("#upload-files-chosen") == "5 dosya seçildi"
     page.click("#upload-submit")
     page.wait_for_selector("#upload-results")
     assert page.inner_text("#upload-summary") == "4 / 5 dosya kaydedildi."
     assert "Bu bir DICOM dosyası değil; dosya alınmadı." in page.inner_text("#upload-results")
-    page.screenshot(path=str(shots / "07-usb-yukleme.png"))
+    _shot(page, shots / "08-usb-yukleme.png")
 
     # English is one tap away.
     page.click("a.lang >> text=EN")
     page.goto(url + "/worklist")
     assert page.inner_text("h1") == "Worklist" and page.inner_text("#net-badge") == "Offline"
-    page.screenshot(path=str(shots / "08-worklist-en.png"))
 
     assert outside == [], f"the kiosk reached outside the box: {outside}"
     assert failed == [f"401 POST {url}/login"], "only the wrong password may fail"
     context.close()
+
+
+SIZES = [(1024, 600), (1366, 768), (768, 1024)]
+
+
+@pytest.mark.parametrize(("width", "height"), SIZES, ids=[f"{w}x{h}" for w, h in SIZES])
+def test_small_screens_show_the_whole_study_and_axe_finds_no_serious_violation(served, browser, shots: Path, width: int, height: int):
+    """At a 1024x600 kiosk, a 1366x768 laptop and a 768x1024 tablet: the result, the four views and the actions on the first
+    screen; a skip link and a visible focus ring; axe-core (bundled with axe-playwright-python, run in the page) reports no
+    serious or critical violation on any page."""
+    kiosk, url = served
+    writer = IngestService(db=kiosk.box.db, keystore=kiosk.box.keystore, queue=kiosk.box.queue, settings=kiosk.settings)
+    synthetic.write_result(writer, kiosk.studies["pending"], triage="radiologist_review", score=0.55)  # the orange label, on the list
+    context = browser.new_context(viewport={"width": width, "height": height}, locale="tr-TR")
+    page = context.new_page()
+    page.goto(url + "/login")
+    page.fill("input[name=username]", "doktor")
+    page.fill("input[name=password]", PASSWORDS["doktor"])
+    page.click("button[type=submit]")
+    page.wait_for_url(url + "/worklist")
+    # The first Tab reaches the skip link, shown with a focus ring; Enter on it lands in the page's content.
+    page.keyboard.press("Tab")
+    assert page.evaluate("() => document.activeElement.className") == "skip" and _in_view(page, ".skip")
+    assert page.evaluate("() => getComputedStyle(document.activeElement).outlineStyle") != "none"
+    page.keyboard.press("Enter")
+    assert page.evaluate("() => document.activeElement.id") == "main"
+    page.keyboard.press("Tab")
+    assert page.evaluate("() => getComputedStyle(document.activeElement).outlineStyle") == "solid"  # the ring, on whatever comes next
+    violations = {"login": _axe(page, url + "/login?m=auth.required")}
+    uid = kiosk.studies["priority"]
+    for name, path in [("worklist", "/worklist"), ("study", f"/studies/{uid}"), ("recalls", "/recalls"), ("upload", "/upload")]:
+        violations[name] = _axe(page, url + path)
+        if name in ("worklist", "study"):
+            _shot(page, shots / f"{'20-is-listesi' if name == 'worklist' else '21-tetkik'}-{width}x{height}.png")
+        if name == "study":
+            _assert_fits(page)
+    assert violations == {k: [] for k in violations}
+    context.close()
+
+
+AXE_JS = Path(pytest.importorskip("axe_playwright_python", reason="axe-playwright-python (it bundles axe-core) is not installed").__file__).parent / "axe.min.js"
+
+
+def _axe(page, address: str) -> list[str]:
+    """axe-core's serious and critical violations on the page at ``address``, as 'rule: first element' lines."""
+    page.goto(address)
+    page.wait_for_function("() => Array.from(document.images).every(i => i.complete)")
+    page.evaluate(AXE_JS.read_text(encoding="utf-8"))  # evaluated by the test driver: the page's CSP does not apply
+    found = page.evaluate("async () => (await axe.run(document, {resultTypes: ['violations']})).violations"
+                          ".filter(v => v.impact === 'serious' || v.impact === 'critical').map(v => v.id + ': ' + v.nodes[0].target.join(' '))")
+    return found
+
+
+def _in_view(page, selector: str) -> bool:
+    """The element is on screen (not scrolled away, not behind the status bar)."""
+    return page.evaluate("""s => { const r = document.querySelector(s).getBoundingClientRect();
+        const bar = document.getElementById('statusbar').getBoundingClientRect().top;
+        return r.height > 0 && r.top >= 0 && r.bottom <= Math.min(window.innerHeight, bar); }""", selector)
+
+
+def _assert_fits(page) -> None:
+    """The study's first screen: the category, the score, the four views and the actions, none below the fold."""
+    page.evaluate("() => window.scrollTo(0, 0)")
+    for selector in ("#triage", "#study-score", "#referral-link", "#print-link"):
+        assert _in_view(page, selector), f"{selector} is off the first screen"
+    for i in range(4):
+        assert page.evaluate("""i => { const r = document.querySelectorAll('#views img.base')[i].getBoundingClientRect();
+            return r.top >= 0 && r.bottom <= document.getElementById('statusbar').getBoundingClientRect().top && r.height > 80; }""", i), f"view {i}"
+
+
+def _wait(condition, timeout_s: float = 10.0):
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
+
+
+def _shot(page, path: Path, *, locator=None) -> None:
+    """A screenshot, quantized to 256 colours so the committed PNGs stay small."""
+    from PIL import Image
+
+    (locator or page).screenshot(path=str(path))
+    with Image.open(path) as im:
+        im.convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(path, optimize=True)
 
 
 def test_idle_screen_signs_itself_out(tmp_path, browser):
@@ -205,7 +363,7 @@ def test_doctor_reads_a_real_model_result_and_an_incomplete_study(browser, shots
     running = serve(k.settings, k.services, host="127.0.0.1", port=free_port())
     url = running.url
     try:
-        context = browser.new_context(viewport={"width": 1366, "height": 900}, accept_downloads=True, locale="tr-TR")
+        context = browser.new_context(viewport={"width": 1366, "height": 768}, accept_downloads=True, locale="tr-TR")
         page = context.new_page()
         page.goto(url + "/login")
         page.fill("input[name=username]", "doktor")
@@ -219,7 +377,7 @@ def test_doctor_reads_a_real_model_result_and_an_incomplete_study(browser, shots
         assert "Eksik çekim: Sol MLO eksik" in first.inner_text()
         assert first.locator("td.score").inner_text() == "—"
         assert first.evaluate("e => getComputedStyle(e).backgroundColor") == "rgb(243, 236, 251)"
-        page.screenshot(path=str(shots / "11-is-listesi-eksik-cekim.png"))
+        _shot(page, shots / "13-is-listesi-eksik-cekim.png")
 
         # The real result: category first, then one score (the same quantity everywhere), the model's limits, heatmaps by rule.
         page.goto(url + f"/studies/{real}")
@@ -246,9 +404,7 @@ def test_doctor_reads_a_real_model_result_and_an_incomplete_study(browser, shots
         assert overlays == sum(v["suspicion"] >= review for v in result_of(k.box.db, real)["views"])
         assert page.is_visible("#heatmap-legend") == (overlays > 0) and page.is_visible("#heatmap-none") == (overlays == 0)
         assert page.locator("#feedback input:checked").count() == 0
-        page.set_viewport_size({"width": 1366, "height": 1900})
-        page.screenshot(path=str(shots / "10-gercek-model-sonucu.png"))
-        page.set_viewport_size({"width": 1366, "height": 900})
+        _shot(page, shots / "12-gercek-model-sonucu.png")
         with page.expect_download() as dl:
             page.click("#referral-link")
         pdf_path = tmp_path / "real.pdf"
@@ -262,8 +418,8 @@ def test_doctor_reads_a_real_model_result_and_an_incomplete_study(browser, shots
         assert page.inner_text("#triage") == "Eksik çekim: yapay zekâ sonucu yok"
         for absent in ("#study-score", "#breast-scores", ".view-score", "img.overlay", "#model-performance"):
             assert page.locator(absent).count() == 0, absent
-        page.screenshot(path=str(shots / "12-eksik-cekim.png"))
-        printed = page.request.get(url + page.get_attribute("#print-link", "href"))
+        _shot(page, shots / "14-eksik-cekim.png")
+        printed = page.request.get(url + page.get_attribute("#print-link", "data-print"))
         text = " ".join(PdfReader(io.BytesIO(printed.body())).pages[0].extract_text().split())
         assert "EKSİK ÇEKİM" in text and "Sol MLO eksik." in text and "Çekim skoru" not in text
         context.close()
