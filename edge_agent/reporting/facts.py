@@ -178,6 +178,12 @@ def _full_name(db: sqlite_utils.Database, username: str) -> str:
 
 
 def study_uids_awaiting(db: sqlite_utils.Database) -> list[str]:
-    """Studies whose FHIR report waits for a radiologist and now has one (the sweep queues them)."""
-    waiting = [r[0] for r in db.execute("SELECT study_uid FROM reporting_deliveries WHERE channel = 'fhir' AND state = 'awaiting_confirmation'")]
-    return [uid for uid in waiting if confirmation(db, uid) is not None]
+    """Studies whose FHIR report waits for a radiologist and now has one (the sweep queues them): one indexed query."""
+    marks = ",".join("?" * len(CONFIRMED_SOURCES))
+    confirmed = [f"EXISTS (SELECT 1 FROM kiosk_feedback f WHERE f.study_uid = d.study_uid AND f.birads IS NOT NULL AND f.category_source IN ({marks}))"]
+    args: list[str] = list(CONFIRMED_SOURCES)
+    if table_exists(db, "kiosk_radiology_reports"):
+        confirmed.append(f"EXISTS (SELECT 1 FROM kiosk_radiology_reports k WHERE k.study_uid = d.study_uid AND k.source IN ({marks}))")
+        args += list(CONFIRMED_SOURCES)
+    return [r[0] for r in db.execute("SELECT d.study_uid FROM reporting_deliveries d WHERE d.channel = 'fhir' AND d.state = 'awaiting_confirmation'"
+                                     f" AND ({' OR '.join(confirmed)}) ORDER BY d.updated_at", args)]

@@ -159,3 +159,28 @@ def test_reporting_switched_on_without_an_endpoint_or_with_enabiz_is_refused(tmp
         check_settings(box_settings(tmp_path, report_fhir_enabled="true", report_fhir_url="https://fhir.example/fhir", report_adapter="enabiz"))
     with pytest.raises(SettingsError, match="sms_recipients is empty"):
         check_settings(box_settings(tmp_path, sms_enabled="true", sms_gateway_url="https://sms.example/send"))
+
+
+def test_a_radiology_report_typed_into_the_kiosk_also_releases_the_report(clinic_factory, fhir_server):
+    import time
+
+    from edge_agent.reporting.facts import table_exists
+
+    clinic = clinic_factory(report_fhir_enabled="true", report_fhir_url=fhir_server.url)
+    box = clinic.box
+    if not table_exists(box.db, "kiosk_radiology_reports"):
+        pytest.skip("this tree's kiosk has no kiosk_radiology_reports table yet (issue 15)")
+    uid = clinic.screen(seed=17)
+    worker = report_worker(clinic)
+    worker.run(drain=True)
+    clinic.confirm(uid, birads=3, density="B", source="legacy", username="dr.family")  # the family doctor's pick releases nothing
+    assert sweep_confirmed(box.db, box.queue, box.settings, box.keystore.box_id) == []
+    box.db.execute("INSERT INTO kiosk_radiology_reports (study_uid, birads, density, recommendation, source, entered_by, created_at)"
+                   " VALUES (?, 2, 'B', 'routine', 'radiology_report', 'dr.family', ?)", [uid, time.time()])
+    assert sweep_confirmed(box.db, box.queue, box.settings, box.keystore.box_id) == [uid]
+    worker.run(drain=True)
+    assert fhir_state(clinic, uid).state == "delivered"
+    sent = fhir_server.store.requests[0]["bundle"]
+    codes = {e["resource"]["valueCodeableConcept"]["coding"][0]["code"] for e in sent["entry"]
+             if e["resource"]["resourceType"] == "Observation" and "device" not in e["resource"]}
+    assert codes == {"birads-2", "density-B"}
