@@ -102,11 +102,15 @@ class PacsLink:
 
     def store(self, ds: Dataset) -> None:
         assoc = self._live()
-        try:
-            status = assoc.send_c_store(ds)
-        except ValueError:  # no accepted context for its transfer syntax: send it uncompressed
-            ds.decompress()
-            status = assoc.send_c_store(ds)
+        accepted = [cx for cx in assoc.accepted_contexts if cx.abstract_syntax == ds.SOPClassUID]
+        if not accepted:
+            raise PacsError(f"PACS {self.dest.name} does not accept {ds.SOPClassUID.name} objects. The export is retried; "
+                            "fix: ask the PACS administrator to accept that SOP class from this box's AE title.")
+        meta = getattr(ds, "file_meta", None)
+        ts = meta.get("TransferSyntaxUID") if meta is not None else None
+        if ts is not None and ts.is_compressed and all(cx.transfer_syntax[0] != ts for cx in accepted):
+            ds.decompress()  # the PACS takes this class only uncompressed
+        status = assoc.send_c_store(ds)
         code = getattr(status, "Status", None)
         if code is None:
             raise PacsUnavailable(f"PACS {self.dest.name} stopped answering during the export (association lost). "

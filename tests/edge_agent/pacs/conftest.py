@@ -42,6 +42,7 @@ class LoopbackPacs:
     arrivals: list[str] = field(default_factory=list)
     callers: list[str] = field(default_factory=list)
     refuse_after: int | None = None  # answer 0xA700 (out of resources) to every C-STORE past this many arrivals
+    only: tuple[str, ...] | None = None  # accept only these storage SOP classes (a PACS not set up for SR, say)
     _server: object = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -58,7 +59,8 @@ class LoopbackPacs:
     def start(self) -> LoopbackPacs:
         ae = AE(ae_title=self.ae_title)
         for cx in AllStoragePresentationContexts:
-            ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+            if self.only is None or cx.abstract_syntax in self.only:
+                ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
         ae.add_supported_context(VERIFICATION)
         handlers = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_C_ECHO, lambda event: 0x0000)]
         self._server = ae.start_server(("127.0.0.1", self.port), block=False, evt_handlers=handlers)

@@ -158,3 +158,31 @@ def test_unknown_destination_is_refused_with_the_fix(clinic_factory):
     with pytest.raises(PacsError, match="pacs_destinations"):
         service.export_study(clinic.box, study_uid, "OTHER@127.0.0.1:104", requested_by="cli")
     assert states(clinic.box.db) == []
+
+
+def test_export_waits_for_the_ai_result_then_goes(clinic_factory, pacs):
+    hospital = pacs()
+    dest = f"HOSP_PACS@127.0.0.1:{hospital.port}"
+    clinic = clinic_factory(pacs_destinations=dest)
+    study_uid = clinic.push_study(8)[0].study_uid
+    service.export_study(clinic.box, study_uid, dest, requested_by="cli")  # referred before inference ran
+    export_once(clinic, dest)
+    [state] = service.export_states(clinic.box.db, study_uid)
+    assert state.state == "retrying" and "waiting for its AI result" in state.last_error and hospital.arrivals == []
+    clinic.triage()
+    export_once(clinic, dest)
+    [state] = service.export_states(clinic.box.db, study_uid)
+    assert state.state == "sent" and len(hospital.arrivals) == 9
+
+
+def test_a_pacs_that_takes_no_sr_is_named_in_the_state(clinic_factory, pacs):
+    hospital = pacs(only=(mg.MG_FOR_PRESENTATION,))
+    dest = f"HOSP_PACS@127.0.0.1:{hospital.port}"
+    clinic = clinic_factory(pacs_destinations=dest)
+    study_uid = clinic.push_study(9)[0].study_uid
+    clinic.triage()
+    service.export_study(clinic.box, study_uid, dest, requested_by="cli")
+    export_once(clinic, dest)
+    [state] = service.export_states(clinic.box.db, study_uid)
+    assert state.state == "retrying" and "does not accept Secondary Capture Image Storage" in state.last_error
+    assert state.objects_sent == 1 and len(hospital.of_kind("MG")) == 1  # what it took is recorded; the fix is on the PACS side
