@@ -161,3 +161,19 @@ def test_the_dashboard_and_alert_rules_use_only_metrics_the_box_exports(endpoint
     rules = yaml.safe_load((metrics.MONITORING_DIR / "alert-rules.yml").read_text(encoding="utf-8"))
     names = {r["alert"] for g in rules["groups"] for r in g["rules"]}
     assert {"MammoBoxSilent", "MammoQueueGrowing", "MammoDiskLow", "MammoCertificateExpiring", "MammoPrivacyBudgetNearlySpent"} <= names
+
+
+def test_an_enrolled_box_exports_its_certificate_days_left(endpoint, tmp_path):
+    from provisioning import enrolment
+    from provisioning.authority import Authority
+    from provisioning.keystore import KdfParams
+
+    clinic, _, base = endpoint
+    box = clinic.box
+    authority = Authority.init(tmp_path / "authority", "federation-pw", kdf=KdfParams(time_cost=1, memory_kib=8 * 1024))
+    folder = enrolment.folder_of(box.settings)
+    kit = authority.issue_kit(enrolment.make_request(box.keystore, folder), coordinator="coord.example:9092", days=20, settings={})
+    enrolment.install(kit, keystore=box.keystore, folder=folder)
+    fams = scrape(base)
+    assert value(fams, "mammo_enrolled") == 1
+    assert 19 < value(fams, "mammo_certificate_days_left") <= 20  # under the rules' 30 days: MammoCertificateExpiring would fire
