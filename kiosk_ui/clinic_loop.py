@@ -74,11 +74,16 @@ def add_report(db: sqlite_utils.Database, report: RadiologyReport) -> None:
 
 def priors_of(db: sqlite_utils.Database, study_uid: str, pseudonym: str) -> tuple[PriorStudy, ...]:
     """Earlier studies of the same woman (same pseudonym), newest first."""
-    return tuple(PriorStudy(r[0], r[1], r[2], r[3]) for r in db.execute(
+    return tuple(PriorStudy(r[0], r[1], r[2], r[3], _views(db, r[0])) for r in db.execute(
         f"SELECT s.study_uid, s.first_seen, r.triage, {STATUS_SQL} FROM ingest_studies s"
         " LEFT JOIN infer_results r ON r.study_uid = s.study_uid LEFT JOIN jobs j ON j.id = s.infer_job_id"
         " WHERE s.pseudonym = ? AND s.study_uid != ? AND s.first_seen <= (SELECT first_seen FROM ingest_studies WHERE study_uid = ?)"
         " ORDER BY s.first_seen DESC LIMIT 10", [pseudonym, study_uid, study_uid]))
+
+
+def _views(db: sqlite_utils.Database, study_uid: str) -> tuple[tuple[str, str, str], ...]:
+    return tuple((r[0], r[1], r[2]) for r in db.execute(
+        "SELECT laterality, view, sop_uid FROM ingest_instances WHERE study_uid = ? AND modality = 'MG' ORDER BY received_at", [study_uid]))
 
 
 def day_counts(db: sqlite_utils.Database, since: float) -> DayCounts:

@@ -171,6 +171,11 @@ class PriorStudy:
     arrived_at: float
     triage: str | None
     status: str
+    views: tuple[tuple[str, str, str], ...] = ()  # (laterality, view, sop_uid): hung beside the current study's views
+
+    def view_of(self, laterality: str, view: str) -> str | None:
+        """The SOP UID of the same view in this earlier study, or None."""
+        return next((sop for lat, v, sop in self.views if (lat, v) == (laterality, view)), None)
 
 
 @dataclass(frozen=True)

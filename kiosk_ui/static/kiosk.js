@@ -78,6 +78,18 @@
       });
       Array.prototype.forEach.call(stage.querySelectorAll("img.overlay"), function (i) { i.style.opacity = op; });
     };
+    var priorPane = function (figure) {
+      var fake = document.createElement("figure");
+      var img = document.createElement("img");
+      img.className = "base";
+      img.setAttribute("src", figure.dataset.priorSrc);
+      img.alt = figure.dataset.priorCaption;
+      var cap = document.createElement("figcaption");
+      cap.textContent = figure.dataset.priorCaption;
+      fake.appendChild(img);
+      fake.appendChild(cap);
+      return pane(fake);
+    };
     var pane = function (figure) {
       var p = document.createElement("div");
       p.className = "viewer-pane";
@@ -101,22 +113,24 @@
     var render = function () {
       stage.innerHTML = "";
       var f = state.figure, shown = [f];
-      if (state.compare) {
+      if (state.compare === "sides") {
         var other = views.querySelector('figure[data-kind="' + f.dataset.kind + '"]:not([data-side="' + f.dataset.side + '"])');
         if (other) { shown = f.dataset.side === "R" ? [f, other] : [other, f]; }
       }
       shown.forEach(function (fig) { stage.appendChild(pane(fig)); });
+      if (state.compare === "prior" && f.dataset.priorSrc) { stage.appendChild(priorPane(f)); }
       ctl("viewer-title").textContent = shown.map(function (fig) { return fig.querySelector("figcaption b").textContent; }).join(" · ");
       var cmp = ctl("viewer-compare");
-      cmp.setAttribute("aria-pressed", state.compare ? "true" : "false");
-      cmp.textContent = state.compare ? dialog.dataset.single : dialog.dataset.compare;
+      cmp.setAttribute("aria-pressed", state.compare === "sides" ? "true" : "false");
+      cmp.textContent = state.compare === "sides" ? dialog.dataset.single : dialog.dataset.compare;
+      if (ctl("viewer-prior")) { ctl("viewer-prior").setAttribute("aria-pressed", state.compare === "prior" ? "true" : "false"); }
       apply();
     };
     var reset = function () { state.scale = 1; state.x = 0; state.y = 0; apply(); };
     Array.prototype.forEach.call(views.querySelectorAll("[data-viewer]"), function (btn) {
       btn.addEventListener("click", function () {
         state.figure = btn.closest("figure");
-        state.compare = false;
+        state.compare = "";
         state.scale = 1; state.x = 0; state.y = 0;
         render();
         dialog.showModal();
@@ -130,7 +144,10 @@
       if (ctl("viewer-opacity")) { ctl("viewer-opacity").value = 100; }
       reset();
     });
-    ctl("viewer-compare").addEventListener("click", function () { state.compare = !state.compare; render(); });
+    ctl("viewer-compare").addEventListener("click", function () { state.compare = state.compare === "sides" ? "" : "sides"; render(); });
+    if (ctl("viewer-prior")) {
+      ctl("viewer-prior").addEventListener("click", function () { state.compare = state.compare === "prior" ? "" : "prior"; render(); });
+    }
     ctl("viewer-close").addEventListener("click", function () { dialog.close(); });
     ["viewer-brightness", "viewer-contrast", "viewer-invert", "viewer-opacity"].forEach(function (id) {
       if (ctl(id)) { ctl(id).addEventListener("input", apply); }

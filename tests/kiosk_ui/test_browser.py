@@ -66,6 +66,10 @@ def test_a_clinic_day_from_sign_in_to_the_radiologists_report(served, browser, s
     """Sign in, open the next priority study, view it, record agreement, print the referral from the page, and later
     enter the radiologist's report: the whole task, in Turkish, at 1366x768."""
     kiosk, url = served
+    # Ayşe ÇELİK had a screening a year ago: it hangs beside today's in the viewer (and stays off today's worklist).
+    earlier = synthetic.ingest_study(kiosk.services.ingest, seed=13, patient=0)
+    synthetic.write_result(kiosk.services.ingest, earlier, triage="no_suspicious_finding", score=0.1)
+    kiosk.box.db.execute("UPDATE ingest_studies SET first_seen = first_seen - 365 * 86400 WHERE study_uid = ?", [earlier])
     context = browser.new_context(viewport={"width": 1366, "height": 768}, accept_downloads=True, locale="tr-TR")
     # Headless Chromium has no print dialog (a real print() there crashes the page): each frame counts its print() calls.
     context.add_init_script("window.print = function () { window.__printed = (window.__printed || 0) + 1; };")
@@ -133,6 +137,10 @@ def test_a_clinic_day_from_sign_in_to_the_radiologists_report(served, browser, s
     assert [c.split(" ·")[0] for c in page.locator("#viewer-stage .caption").all_inner_texts()] == ["Sağ CC", "Sol CC"]
     page.wait_for_function("() => Array.from(document.querySelectorAll('#viewer-stage img')).every(i => i.complete && i.naturalWidth > 0)")
     _shot(page, shots / "04-goruntuleyici-sag-sol.png")
+    page.click("#viewer-prior")
+    captions = page.locator("#viewer-stage .caption").all_inner_texts()
+    assert captions[0].startswith("Sağ CC ·") and captions[1].startswith("Sağ CC · önceki tetkik, ") and len(captions) == 2
+    assert f"/studies/{earlier}/views/" in page.locator("#viewer-stage img.base").nth(1).get_attribute("src")
     page.click("#viewer-close")
     assert not page.is_visible("#viewer")
 
