@@ -155,7 +155,8 @@ def build_bundle(facts: ScreeningFacts, *, patient_id_system: str) -> dict[str, 
     e.add("DiagnosticReport", report)
     if facts.referral is not None:
         e.add("ServiceRequest", {
-            "status": "active", "intent": "order", "priority": "urgent" if facts.priority else "routine",
+            # no priority: the referral letter records none, and the AI's triage must not set a clinical order's urgency
+            "status": "active", "intent": "order",
             "code": {"text": "Radyoloji konsültasyonu: mamografi değerlendirmesi (radiology consultation: mammogram reading)"},
             "subject": subject, "authoredOn": _iso(facts.referral.made_at), "requester": {"display": facts.referral.by},
             "supportingInfo": [{"reference": study}],
