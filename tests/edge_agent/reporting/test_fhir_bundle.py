@@ -103,6 +103,7 @@ def test_a_referral_adds_a_service_request(clinic_factory):
     Bundle.model_validate(b)
     req = by_type(b)["ServiceRequest"][0]["resource"]
     assert req["intent"] == "order" and req["requester"]["display"] == "dr.family"
+    assert "priority" not in req  # the AI's triage never sets the order's urgency
     assert req["subject"]["reference"] == by_type(b)["Patient"][0]["fullUrl"]
 
 
