@@ -44,11 +44,18 @@ def _fmt(block: dict[str, Any]) -> str:
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     from models.errors import DatasetError
-    from sync.simulate import SimConfig, simulate, tables_markdown
+    from sync.simulate import SimConfig, merge, simulate, tables_markdown
 
     if args.report:
         print(tables_markdown(json.loads(Path(args.report).read_text())), end="")
         return EXIT_OK
+    if args.merge:
+        try:
+            result = _finite(merge([json.loads(Path(p).read_text()) for p in args.merge]))
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        return _output(args, result)
 
     cfg = SimConfig(data=args.data, folds=args.folds, seed=args.seed, rounds=args.rounds,
                     backbone_epochs=args.backbone_epochs, synthetic_pretrain=args.synthetic_pretrain,
@@ -58,11 +65,25 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     def say(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
+    only = [int(f) for f in args.only_folds.split(",")] if args.only_folds else None
+    if only is not None and (not args.out or not only or any(not 0 <= f < args.folds for f in only)):
+        print(f"error: --only-folds takes fold numbers 0..{args.folds - 1} and needs --out (the partial result to --merge later)",
+              file=sys.stderr)
+        return EXIT_USAGE
     try:
-        result = _finite(simulate(cfg, say=say))
+        result = _finite(simulate(cfg, say=say, only_folds=only))
     except DatasetError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    if only is not None:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, sort_keys=True) + "\n")
+        print(json.dumps({"partial": str(args.out), "folds": result["folds"], "seconds": result["seconds"]}))
+        return EXIT_OK
+    return _output(args, result)
+
+
+def _output(args: argparse.Namespace, result: dict[str, Any]) -> int:
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(result, indent=1, sort_keys=True, default=str) + "\n")
@@ -93,6 +114,8 @@ def register(subparsers: Any, bench_subparsers: Any) -> None:
     p.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples of women for the 95%% CIs")
     p.add_argument("--max-women", type=int, default=0, help="use only the first N women of each clinic (tests, smoke runs)")
     p.add_argument("--report", default=None, metavar="RESULT", help="print the markdown tables of an earlier --out file and exit (no training)")
+    p.add_argument("--only-folds", default=None, metavar="F,F", help="run only these folds and write a partial result to --out (run several at once, then --merge)")
+    p.add_argument("--merge", nargs="+", default=None, metavar="PARTIAL", help="join partial results covering every fold and print the tables (no training)")
     p.add_argument("--out", default=None, help="also write the whole result, with per-image predictions, to this file")
     add_json_flag(p)
     p.set_defaults(handler=cmd_simulate)

@@ -53,7 +53,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["SimConfig", "ARMS", "simulate"]
+__all__ = ["SimConfig", "ARMS", "simulate", "merge", "tables_markdown"]
 
 ARMS = ("local_only", "local_only_dp", "federated_he_dp", "federated_he", "centralized")
 
@@ -226,8 +226,13 @@ def _paired(rows: dict[str, list[dict[str, Any]]], a: str, b: str, cfg: SimConfi
     return out
 
 
-def simulate(cfg: SimConfig, say: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
-    """Run the whole experiment (see the module docstring) and return its JSON-ready result."""
+def simulate(cfg: SimConfig, say: Callable[[str], None] = lambda s: None, only_folds: list[int] | None = None) -> dict[str, Any]:
+    """Run the experiment (see the module docstring) and return its JSON-ready result.
+
+    ``only_folds``: run just these folds and return a *partial* result; :func:`merge` joins
+    partials that cover every fold (separate processes, the same config) into the whole.
+    Each process repeats the synthetic pretraining, which is deterministic under the seed.
+    """
     import torch
 
     from models.data import read_folder
@@ -240,6 +245,9 @@ def simulate(cfg: SimConfig, say: Callable[[str], None] = lambda s: None) -> dic
     records = _subset(read_folder(Path(cfg.data)), cfg.max_women)
     split = split_clinics(records, cfg.folds, cfg.seed)
     women = Women.of(records)
+    folds = list(range(cfg.folds)) if only_folds is None else sorted(set(only_folds))
+    if not folds or any(not 0 <= f < cfg.folds for f in folds):
+        raise ValueError(f"folds must be between 0 and {cfg.folds - 1}, got {only_folds}")
     arrays = build_arrays(records)
     pre = pretrain_state(TrainConfig(synthetic_pretrain=cfg.synthetic_pretrain, pretrain_epochs=cfg.pretrain_epochs,
                                      seed=cfg.seed, threads=1))
@@ -247,15 +255,36 @@ def simulate(cfg: SimConfig, say: Callable[[str], None] = lambda s: None) -> dic
     material = he_material.make_material()
     he_ctx = (he_material.load_context(material.secret, need_secret=True),
               he_material.load_context(material.public, need_secret=False))
-    rows: dict[str, list[dict[str, Any]]] = {}
-    local_dp: list[dict[str, Any]] = []
-    federated: list[dict[str, Any]] = []
-    for fold in range(cfg.folds):
+    partial: dict[str, Any] = {"config": asdict(cfg), "folds": folds, "rows": {}, "local_dp": {}, "federated": {}}
+    for fold in folds:
         out = _fold(records, arrays, split, women, fold, cfg, pre, he_ctx, say)
         for arm, rs in out["rows"].items():
+            partial["rows"].setdefault(arm, []).extend(rs)
+        partial["local_dp"][str(fold)] = out["local_dp"]
+        partial["federated"][str(fold)] = out["federated"]
+    partial["seconds"] = round(time.monotonic() - t0, 1)
+    partial["women_by_clinic"] = {c: int(len({r.woman for r, k in zip(records, split.clinic, strict=True) if k == c}))
+                                  for c in sorted(set(split.clinic.tolist()))}
+    partial["n_women"] = len(women.ids)
+    return partial if only_folds is not None else merge([partial])
+
+
+def merge(partials: list[dict[str, Any]]) -> dict[str, Any]:
+    """Join partial results (same config, every fold exactly once) and compute the tables."""
+    cfg = SimConfig(**partials[0]["config"])
+    if any(p["config"] != partials[0]["config"] for p in partials):
+        raise ValueError("partial results were made with different configs; rerun them with the same options")
+    folds = sorted(f for p in partials for f in p["folds"])
+    if folds != list(range(cfg.folds)):
+        raise ValueError(f"the partial results cover folds {folds}, not each of 0..{cfg.folds - 1} once")
+    rows: dict[str, list[dict[str, Any]]] = {}
+    local_dp: dict[str, Any] = {}
+    federated: dict[str, Any] = {}
+    for p in partials:
+        for arm, rs in p["rows"].items():
             rows.setdefault(arm, []).extend(rs)
-        local_dp.append(out["local_dp"])
-        federated.append(out["federated"])
+        local_dp.update(p["local_dp"])
+        federated.update(p["federated"])
     arms = {a: _table(rows[a], cfg) for a in ARMS}
     comparisons = {f"{b} - {a}": _paired(rows, a, b, cfg) for a, b in (
         ("local_only_dp", "federated_he_dp"), ("local_only", "federated_he_dp"), ("federated_he_dp", "centralized"),
@@ -266,19 +295,19 @@ def simulate(cfg: SimConfig, say: Callable[[str], None] = lambda s: None) -> dic
         "after_plain": _table(rows["adapted_plain"], cfg),
         "after_dp - before": _paired(rows, "release", "adapted_dp", cfg),
         "after_plain - before": _paired(rows, "release", "adapted_plain", cfg),
-        "privacy_by_fold": local_dp,
+        "privacy_by_fold": [local_dp[str(f)] for f in range(cfg.folds)],
     }
     return {
         "config": asdict(cfg),
-        "n_women": len(women.ids),
-        "women_by_clinic": {c: int(len({r.woman for r, k in zip(records, split.clinic, strict=True) if k == c}))
-                            for c in sorted(set(split.clinic.tolist()))},
+        "n_women": partials[0]["n_women"],
+        "women_by_clinic": partials[0]["women_by_clinic"],
         "arms": arms,
         "comparisons": comparisons,
-        "federated_by_fold": federated,
+        "federated_by_fold": [federated[str(f)] for f in range(cfg.folds)],
         "local_dp_adaptation": adaptation,
         "predictions": {a: rows[a] for a in rows},
-        "seconds": round(time.monotonic() - t0, 1),
+        "seconds": round(sum(p["seconds"] for p in partials), 1),
+        "processes": len(partials),
     }
 
 
@@ -331,5 +360,6 @@ def tables_markdown(result: dict[str, Any]) -> str:
     eps = [e for fold in fed for e in fold["epsilon_by_clinic"].values() if e is not None]
     out += ["", f"Federated, HE + DP: each clinic's {result['config']['rounds']} rounds together spent epsilon "
             f"{min(eps):.3f}-{max(eps):.3f} at delta {result['config']['delta']:g}; one encrypted update was "
-            f"{max(f['bytes_per_update'] for f in fed):,} bytes. Whole run: {result['seconds']:.0f} s."]
+            f"{max(f['bytes_per_update'] for f in fed):,} bytes. Whole run: {result['seconds']:.0f} s of wall-clock time "
+            f"in {result.get('processes', 1)} process(es)."]
     return "\n".join(out) + "\n"

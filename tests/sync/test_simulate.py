@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -78,3 +79,17 @@ def test_simulate_refuses_a_folder_without_density_classes(tmp_path):
     r = _run("--data", str(data), "--folds", "2", "--json")
     assert r.returncode == 2
     assert "tissue" in r.stderr and "F, G or D" in r.stderr
+
+
+def test_merge_refuses_partials_that_miss_a_fold_or_differ_in_config():
+    from sync.simulate import SimConfig, merge
+
+    cfg = SimConfig(data="x", folds=3)
+    part = {"config": dataclasses.asdict(cfg), "folds": [0, 1], "rows": {}, "local_dp": {}, "federated": {}, "seconds": 1.0,
+            "n_women": 3, "women_by_clinic": {}}
+    with pytest.raises(ValueError, match="not each of 0..2 once"):
+        merge([part])
+    with pytest.raises(ValueError, match="not each of 0..2 once"):
+        merge([part, {**part, "folds": [1, 2]}])
+    with pytest.raises(ValueError, match="different configs"):
+        merge([part, {**part, "folds": [2], "config": {**part["config"], "seed": 1}}])
