@@ -345,6 +345,7 @@ class ModelsView:
     active: Activation | None
     trust: str = "demo"  # whose signature a release needs: federation (enrolled) | demo (unenrolled: shipped releases only) | error
     trust_error: str | None = None
+    training: dict[str, Any] | None = None  # local training's privacy budget of the active model (edge_agent.learning.ledger.status)
 
 
 def _registry(box: Box) -> Any:
@@ -362,7 +363,13 @@ def models(box: Box, history: int = 5) -> ModelsView:
         trust, error = str(reg.trust().mode), None
     except MammoError as exc:  # a damaged kit: nothing activates until it is reinstalled
         trust, error = "error", str(exc)
-    return ModelsView(tuple(reg.releases()), tuple(reversed(hist[-history:])), hist[-1] if hist else None, trust, error)
+    from edge_agent.learning import ledger
+
+    active = hist[-1] if hist else None
+    training = ledger.status(box.db, active.version) if active else None
+    if training is not None and training.get("epsilon_budget") is None:  # no round yet: the budget the settings give
+        training.update(epsilon_budget=box.settings.train_epsilon_budget, epsilon_left=box.settings.train_epsilon_budget)
+    return ModelsView(tuple(reg.releases()), tuple(reversed(hist[-history:])), active, trust, error, training)
 
 
 def technician() -> str:

@@ -149,6 +149,13 @@ def models(lang: str, v: ModelsView) -> str:
         lines.append(_row(t(lang, "models.trust"), t(lang, "models.trust.federation")))
     else:
         lines.append(_row(t(lang, "models.trust"), f"[b red]{t(lang, 'models.trust.error')}[/b red] {escape(v.trust_error or '')}"))
+    if v.training is not None:
+        tr = v.training
+        lines.append(_row(t(lang, "models.privacy"), t(lang, "models.privacy_value", spent=f"{tr['epsilon_spent']:.2f}",
+                                                         budget=f"{tr['epsilon_budget']:.2f}", left=f"{tr['epsilon_left']:.2f}",
+                                                         rounds=tr.get("rounds_done", 0))))
+        if tr.get("last_decision"):
+            lines.append(_row(t(lang, "models.privacy_last"), escape("; ".join(tr["last_decision"]["reasons"]))[:120]))
     lines.append(f"[b]{t(lang, 'models.history')}[/b]")
     lines += [f"  {when(h.activated_at)[5:16]} {escape(h.version):<8} {escape(h.activated_by)[:10]:<10} [dim]{escape(h.reason)}[/dim]" for h in v.history] or ["  -"]
     return "\n".join(lines)
