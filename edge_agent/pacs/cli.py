@@ -59,7 +59,7 @@ def cmd_export_study(args: argparse.Namespace) -> int:
 
     box = _box(args)
     try:
-        state = service.export_study(box, args.study_uid, args.to, requested_by="cli")
+        state = service.export_study(box.queue, box.settings, args.study_uid, args.to, requested_by="cli")
         if args.wait:
             state = service.wait_done(box, state.study_uid, state.destination, args.timeout) or state
         emit(args, {"export": state.to_json()}, describe(state))
@@ -86,7 +86,7 @@ def cmd_worklist_add(args: argparse.Namespace) -> int:
 
     box = _box(args)
     try:
-        entry = service.schedule_screening(box, patient_id=args.patient_id, name=args.name, birth_date=args.birth_date,
+        entry = service.schedule_screening(service.worklist_book(box), patient_id=args.patient_id, name=args.name, birth_date=args.birth_date,
                                            accession=args.accession, scheduled=args.scheduled, requested_by="cli")
         emit(args, {"entry": entry.to_json()}, f"scheduled #{entry.id} {entry.scheduled} accession {entry.accession}")
         return EXIT_OK
@@ -99,7 +99,7 @@ def cmd_worklist_list(args: argparse.Namespace) -> int:
 
     box = _box(args)
     try:
-        entries = service.worklist_today(box, args.date)
+        entries = service.worklist_today(service.worklist_book(box), args.date)
         text = "\n".join(f"#{e.id} {e.scheduled} {e.accession} {e.patient_id} {e.name} {e.state}" for e in entries) or "no scheduled screenings"
         emit(args, {"entries": [e.to_json() for e in entries]}, text)
         return EXIT_OK

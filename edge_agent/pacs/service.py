@@ -2,16 +2,19 @@
 
 For the kiosk:
 
-- on referral, ``refer_to_pacs(box, study_uid, requested_by=username)``
-  queues the study to every *identified* destination (the woman's care
-  team) and returns their ``ExportState`` rows (empty when no PACS is
-  configured: the printed referral is then the only way);
-- ``export_states(box.db, study_uid)`` gives the per-destination state to
-  show on the study page (queued / sending / retrying / sent / failed, with
-  objects sent and the last error);
-- the "schedule screening" form calls ``schedule_screening(box, ...)``, and
-  ``worklist_today(box)`` lists the day's entries. Both carry identity:
-  show them to signed-in users only.
+- on referral, ``refer_to_pacs(services.ingest.queue, services.settings,
+  study_uid, requested_by=username)`` queues the study to every
+  *identified* destination (the woman's care team) and returns their
+  ``ExportState`` rows (empty when no PACS is configured: the printed
+  referral is then the only way);
+- ``export_states(services.db, study_uid)`` gives the per-destination state
+  to show on the study page (queued / sending / retrying / sent / failed,
+  with objects sent and the last error);
+- the "schedule screening" form calls ``schedule_screening(services.ingest.worklist,
+  patient_id=..., name="SURNAME^GIVEN", birth_date=..., accession=...,
+  requested_by=username)`` (a PacsError's text says what to fix), and
+  ``worklist_today(services.ingest.worklist)`` lists the day's entries. Both
+  carry identity: show them to signed-in users only.
 """
 
 from __future__ import annotations
@@ -26,13 +29,15 @@ import sqlite_utils
 from edge_agent import audit
 from edge_agent.errors import PacsError
 from edge_agent.pacs import outbox
-from edge_agent.pacs.destinations import Destination, find, parse_destinations
+from edge_agent.pacs.destinations import find, parse_destinations
 from edge_agent.pacs.outbox import ExportState
 from edge_agent.pacs.worklist import WorklistBook, WorklistEntry
 
 if TYPE_CHECKING:
     from edge_agent.box import Box
     from edge_agent.pacs.export import ExportHandler
+    from edge_agent.queue import JobQueue
+    from edge_agent.settings import Settings
     from edge_agent.worker import Worker
 
 log = logging.getLogger(__name__)
@@ -45,25 +50,23 @@ __all__ = ["ExportState", "WorklistEntry", "export_states", "export_study", "ref
            "worklist_today"]
 
 
-def destinations(box: Box) -> tuple[Destination, ...]:
-    return parse_destinations(box.settings.pacs_destinations)
-
-
-def export_study(box: Box, study_uid: str, destination: str, *, requested_by: str) -> ExportState:
+def export_study(queue: JobQueue, settings: Settings, study_uid: str, destination: str, *, requested_by: str) -> ExportState:
     """Queue one study to one configured destination (AE@host:port); once: an export already queued or sent is returned as it is."""
-    dest = find(destinations(box), destination)
+    configured = parse_destinations(settings.pacs_destinations)
+    dest = find(configured, destination)
     if dest is None:
-        known = ", ".join(str(d) for d in destinations(box)) or "none"
+        known = ", ".join(str(d) for d in configured) or "none"
         raise PacsError(f"{destination} is not a configured PACS destination (configured: {known}). "
                         "Fix: add it to pacs_destinations (env MAMMO_PACS_DESTINATIONS) as AE_TITLE@host:port/identified.")
-    if box.db.execute("SELECT 1 FROM ingest_studies WHERE study_uid = ?", [study_uid]).fetchone() is None:
-        raise PacsError(f"No study {study_uid} on this box. Fix: copy the study UID from the kiosk's study page or `mammo results`.")
-    return outbox.request(box.queue, dest, study_uid, requested_by=requested_by, max_attempts=box.settings.pacs_max_attempts)
+    if queue.db.execute("SELECT 1 FROM ingest_studies WHERE study_uid = ?", [study_uid]).fetchone() is None:
+        raise PacsError(f"No study {study_uid} on this box. Fix: copy the study UID from the kiosk's study page or `mammo export list`.")
+    return outbox.request(queue, dest, study_uid, requested_by=requested_by, max_attempts=settings.pacs_max_attempts)
 
 
-def refer_to_pacs(box: Box, study_uid: str, *, requested_by: str) -> list[ExportState]:
+def refer_to_pacs(queue: JobQueue, settings: Settings, study_uid: str, *, requested_by: str) -> list[ExportState]:
     """The kiosk's referral: the study to every identified destination (the care team); [] when none is configured."""
-    return [export_study(box, study_uid, d.name, requested_by=requested_by) for d in destinations(box) if d.identified]
+    return [export_study(queue, settings, study_uid, d.name, requested_by=requested_by)
+            for d in parse_destinations(settings.pacs_destinations) if d.identified]
 
 
 def export_states(db: sqlite_utils.Database, study_uid: str | None = None, limit: int = 50) -> list[ExportState]:
@@ -95,19 +98,21 @@ def console_line(db: sqlite_utils.Database, lang: str) -> str:
 
 
 def worklist_book(box: Box) -> WorklistBook:
+    """The CLI's worklist; the kiosk and the receiver use their ingest service's (``IngestService.worklist``), the same table."""
     return WorklistBook(box.db, box.keystore.master_key(), zone=box.settings.timezone)
 
 
-def schedule_screening(box: Box, *, patient_id: str, name: str, birth_date: str, accession: str, scheduled: str | None = None,
+def schedule_screening(book: WorklistBook, *, patient_id: str, name: str, birth_date: str, accession: str, scheduled: str | None = None,
                        requested_by: str) -> WorklistEntry:
     """Put a woman on the modality worklist (the kiosk's form, `mammo worklist add`); the audit names the entry, not her."""
-    entry = worklist_book(box).add(patient_id=patient_id, name=name, birth_date=birth_date, accession=accession, scheduled=scheduled)
-    audit.append(box.db, requested_by, "worklist_scheduled", None, {"entry": entry.id, "scheduled": entry.scheduled})
+    entry = book.add(patient_id=patient_id, name=name, birth_date=birth_date, accession=accession, scheduled=scheduled)
+    audit.append(book.db, requested_by, "worklist_scheduled", None, {"entry": entry.id, "scheduled": entry.scheduled})
     return entry
 
 
-def worklist_today(box: Box, day: str | None = None) -> list[WorklistEntry]:
-    return worklist_book(box).entries(day=day)
+def worklist_today(book: WorklistBook, day: str | None = None) -> list[WorklistEntry]:
+    """A day's entries (default today, clinic time), scheduled and done."""
+    return book.entries(day=day)
 
 
 def make_worker(box: Box, stop: threading.Event) -> tuple[Worker, ExportHandler]:
@@ -144,7 +149,7 @@ def wait_done(box: Box, study_uid: str, destination: str, timeout_s: float) -> E
 
 def start_services(box: Box, stop: threading.Event) -> list[threading.Thread]:
     """Daemon hook: the export worker (it idles when nothing is queued; destinations are read per job)."""
-    dests = destinations(box)
+    dests = parse_destinations(box.settings.pacs_destinations)
     log.info("PACS export: %s", ", ".join(map(str, dests)) if dests else "no destination configured (pacs_destinations)")
     worker, _ = make_worker(box, stop)
 

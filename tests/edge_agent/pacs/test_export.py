@@ -36,7 +36,7 @@ def test_referred_study_arrives_identified_with_sr_and_heatmaps(clinic_factory, 
     clinic.triage()
     study_uid = results[0].study_uid
 
-    [queued] = service.refer_to_pacs(clinic.box, study_uid, requested_by="dr.kaya")
+    [queued] = service.refer_to_pacs(clinic.box.queue, clinic.box.settings, study_uid, requested_by="dr.kaya")
     assert queued.state == "queued" and queued.mode == "identified"
     export_once(clinic, queued.destination)
 
@@ -75,9 +75,9 @@ def test_a_second_request_sends_nothing_new(clinic_factory, pacs):
     clinic = clinic_factory(pacs_destinations=dest)
     study_uid = clinic.push_study(2)[0].study_uid
     clinic.triage()
-    first = service.export_study(clinic.box, study_uid, dest, requested_by="cli")
+    first = service.export_study(clinic.box.queue, clinic.box.settings, study_uid, dest, requested_by="cli")
     export_once(clinic, dest)
-    again = service.export_study(clinic.box, study_uid, dest, requested_by="cli")
+    again = service.export_study(clinic.box.queue, clinic.box.settings, study_uid, dest, requested_by="cli")
     export_once(clinic, dest)
     assert again.job_id == first.job_id and again.state == "sent"
     assert len(hospital.arrivals) == len(set(hospital.arrivals)) == 9
@@ -89,7 +89,7 @@ def test_pacs_down_mid_export_keeps_it_queued_and_it_completes_once_when_back(cl
     clinic = clinic_factory(pacs_destinations=dest)
     study_uid = clinic.push_study(3)[0].study_uid
     clinic.triage()
-    service.export_study(clinic.box, study_uid, dest, requested_by="cli")
+    service.export_study(clinic.box.queue, clinic.box.settings, study_uid, dest, requested_by="cli")
     export_once(clinic, dest)
     [state] = service.export_states(clinic.box.db, study_uid)
     assert state.state == "retrying" and state.objects_sent == 3 and "0xA700" in state.last_error
@@ -114,13 +114,13 @@ def test_a_resend_after_a_lost_acknowledgement_carries_the_same_uids(clinic_fact
     clinic = clinic_factory(pacs_destinations=dest)
     study_uid = clinic.push_study(4)[0].study_uid
     clinic.triage()
-    state = service.export_study(clinic.box, study_uid, dest, requested_by="cli")
+    state = service.export_study(clinic.box.queue, clinic.box.settings, study_uid, dest, requested_by="cli")
     export_once(clinic, dest)
     before = set(hospital.received)
     clinic.box.db.execute("DELETE FROM pacs_sent")
     clinic.box.db.execute("UPDATE jobs SET state = 'dead', closed_at = 1 WHERE id = ?", [state.job_id])
     clinic.box.db.execute("UPDATE pacs_exports SET state = 'failed'")
-    service.export_study(clinic.box, study_uid, dest, requested_by="cli")
+    service.export_study(clinic.box.queue, clinic.box.settings, study_uid, dest, requested_by="cli")
     export_once(clinic, dest)
     assert len(hospital.arrivals) == 18 and set(hospital.received) == before
 
@@ -133,8 +133,8 @@ def test_deidentified_destination_gets_its_own_pseudonyms_and_uids(clinic_factor
     results = clinic.push_study(5, patient=patient)
     clinic.triage()
     study_uid = results[0].study_uid
-    assert service.refer_to_pacs(clinic.box, study_uid, requested_by="dr") == []  # a referral goes to the care team only
-    service.export_study(clinic.box, study_uid, dest.rpartition("/")[0], requested_by="cli")
+    assert service.refer_to_pacs(clinic.box.queue, clinic.box.settings, study_uid, requested_by="dr") == []  # a referral goes to the care team only
+    service.export_study(clinic.box.queue, clinic.box.settings, study_uid, dest.rpartition("/")[0], requested_by="cli")
     export_once(clinic, dest)
     images = research.of_kind("MG")
     assert len(images) == 4 and len(research.received) == 9
@@ -156,7 +156,7 @@ def test_unknown_destination_is_refused_with_the_fix(clinic_factory):
     clinic = clinic_factory(pacs_destinations="HOSP_PACS@127.0.0.1:104")
     study_uid = clinic.push_study(6)[0].study_uid
     with pytest.raises(PacsError, match="pacs_destinations"):
-        service.export_study(clinic.box, study_uid, "OTHER@127.0.0.1:104", requested_by="cli")
+        service.export_study(clinic.box.queue, clinic.box.settings, study_uid, "OTHER@127.0.0.1:104", requested_by="cli")
     assert states(clinic.box.db) == []
 
 
@@ -165,7 +165,7 @@ def test_export_waits_for_the_ai_result_then_goes(clinic_factory, pacs):
     dest = f"HOSP_PACS@127.0.0.1:{hospital.port}"
     clinic = clinic_factory(pacs_destinations=dest)
     study_uid = clinic.push_study(8)[0].study_uid
-    service.export_study(clinic.box, study_uid, dest, requested_by="cli")  # referred before inference ran
+    service.export_study(clinic.box.queue, clinic.box.settings, study_uid, dest, requested_by="cli")  # referred before inference ran
     export_once(clinic, dest)
     [state] = service.export_states(clinic.box.db, study_uid)
     assert state.state == "retrying" and "waiting for its AI result" in state.last_error and hospital.arrivals == []
@@ -181,7 +181,7 @@ def test_a_pacs_that_takes_no_sr_is_named_in_the_state(clinic_factory, pacs):
     clinic = clinic_factory(pacs_destinations=dest)
     study_uid = clinic.push_study(9)[0].study_uid
     clinic.triage()
-    service.export_study(clinic.box, study_uid, dest, requested_by="cli")
+    service.export_study(clinic.box.queue, clinic.box.settings, study_uid, dest, requested_by="cli")
     export_once(clinic, dest)
     [state] = service.export_states(clinic.box.db, study_uid)
     assert state.state == "retrying" and "does not accept Secondary Capture Image Storage" in state.last_error

@@ -26,7 +26,7 @@ def test_daemon_hook_sends_a_queued_export(clinic_factory, pacs):
     stop = threading.Event()
     threads = service.start_services(clinic.box, stop)
     try:
-        service.refer_to_pacs(clinic.box, study_uid, requested_by="dr")
+        service.refer_to_pacs(clinic.box.queue, clinic.box.settings, study_uid, requested_by="dr")
         deadline = time.monotonic() + 120
         while service.export_states(clinic.box.db, study_uid)[0].state != "sent" and time.monotonic() < deadline:
             time.sleep(0.2)
@@ -70,7 +70,7 @@ async def test_console_shows_a_stuck_export_with_its_reason(clinic_factory, pacs
     study_uid = clinic.push_study(13)[0].study_uid
     clinic.triage()
     hospital.stop()  # the hospital's PACS is down
-    service.export_study(clinic.box, study_uid, dest, requested_by="cli")
+    service.export_study(clinic.box.queue, clinic.box.settings, study_uid, dest, requested_by="cli")
     worker, _ = service.make_worker(clinic.box, threading.Event())
     worker.run_once()
     worker.queue.db.conn.close()

@@ -75,12 +75,12 @@ def test_unit_gets_todays_scheduled_women_and_their_images_link_back(unit_clinic
     clinic, box = unit_clinic, unit_clinic.box
     day = today(box.settings)
     ayse, gulsen = mg.TURKISH_PATIENTS[0], mg.TURKISH_PATIENTS[1]
-    service.schedule_screening(box, patient_id=ayse.patient_id, name=ayse.name, birth_date=ayse.birth_date, accession="ACC100",
+    service.schedule_screening(service.worklist_book(box), patient_id=ayse.patient_id, name=ayse.name, birth_date=ayse.birth_date, accession="ACC100",
                                scheduled=day + "0930", requested_by="tech")
-    service.schedule_screening(box, patient_id=gulsen.patient_id, name=gulsen.name, birth_date=gulsen.birth_date, accession="ACC101",
+    service.schedule_screening(service.worklist_book(box), patient_id=gulsen.patient_id, name=gulsen.name, birth_date=gulsen.birth_date, accession="ACC101",
                                scheduled=day + "1000", requested_by="tech")
     tomorrow = (dt.datetime.strptime(day, "%Y%m%d") + dt.timedelta(days=1)).strftime("%Y%m%d")
-    service.schedule_screening(box, patient_id="99999999999", name="KAYA^ZEHRA", birth_date="19700101", accession="ACC200",
+    service.schedule_screening(service.worklist_book(box), patient_id="99999999999", name="KAYA^ZEHRA", birth_date="19700101", accession="ACC200",
                                scheduled=tomorrow + "0900", requested_by="tech")
 
     ok, answers = c_find(clinic.receiver.port, query())
@@ -108,7 +108,7 @@ def test_unit_gets_todays_scheduled_women_and_their_images_link_back(unit_clinic
     assoc.release()
     assert clinic.receiver.wait_ingested(30)
     study_uid = box.db.execute("SELECT study_uid FROM ingest_studies").fetchone()[0]
-    entries = {e.accession: e for e in service.worklist_today(box)}
+    entries = {e.accession: e for e in service.worklist_today(service.worklist_book(box))}
     assert entries["ACC100"].state == "done" and entries["ACC100"].study_uid == study_uid
     assert entries["ACC101"].state == "scheduled" and entries["ACC101"].study_uid is None
     assert clinic.ingest.worklist.accession_of(study_uid) == "ACC100"  # an identified export carries it again
@@ -120,7 +120,7 @@ def test_unit_gets_todays_scheduled_women_and_their_images_link_back(unit_clinic
 
 def test_unknown_peer_gets_no_worklist_answers(unit_clinic):
     box = unit_clinic.box
-    service.schedule_screening(box, patient_id="38291047562", name="ÇELİK^AYŞE", birth_date="19680412", accession="ACC1",
+    service.schedule_screening(service.worklist_book(box), patient_id="38291047562", name="ÇELİK^AYŞE", birth_date="19680412", accession="ACC1",
                                requested_by="tech")
     ok, answers = c_find(unit_clinic.receiver.port, query(), ae_title="STRANGER")
     assert not ok and answers == []
@@ -130,7 +130,7 @@ def test_unknown_peer_gets_no_worklist_answers(unit_clinic):
 
 def test_worklist_rows_are_sealed_at_rest(unit_clinic):
     box = unit_clinic.box
-    service.schedule_screening(box, patient_id="38291047562", name="ÇELİK^AYŞE", birth_date="19680412", accession="ACC9",
+    service.schedule_screening(service.worklist_book(box), patient_id="38291047562", name="ÇELİK^AYŞE", birth_date="19680412", accession="ACC9",
                                requested_by="tech")
     raw = box.db.execute("SELECT * FROM pacs_worklist").fetchall()
     dumped = repr(raw).encode() + b"".join(v for row in raw for v in row if isinstance(v, bytes))
@@ -147,14 +147,14 @@ def test_worklist_rows_are_sealed_at_rest(unit_clinic):
 def test_bad_entries_are_refused_with_the_fix(unit_clinic, field, value, says):
     entry = {"patient_id": "1", "name": "KAYA^ZEHRA", "birth_date": "19700101", "accession": "ACC1", "scheduled": None, field: value}
     with pytest.raises(PacsError, match=says):
-        service.schedule_screening(unit_clinic.box, requested_by="tech", **entry)
+        service.schedule_screening(service.worklist_book(unit_clinic.box), requested_by="tech", **entry)
 
 
 def test_same_accession_twice_is_refused(unit_clinic):
     args = {"patient_id": "1", "name": "KAYA^ZEHRA", "birth_date": "19700101", "accession": "ACC1"}
-    service.schedule_screening(unit_clinic.box, requested_by="tech", **args)
+    service.schedule_screening(service.worklist_book(unit_clinic.box), requested_by="tech", **args)
     with pytest.raises(PacsError, match="already on the worklist"):
-        service.schedule_screening(unit_clinic.box, requested_by="tech", **args)
+        service.schedule_screening(service.worklist_book(unit_clinic.box), requested_by="tech", **args)
 
 
 def test_worklist_cli_add_and_list(tmp_path):
