@@ -7,7 +7,8 @@ the kiosk's own (schema KIOSK 5): kiosk_workflow and kiosk_radiology_reports.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import sqlite_utils
 
@@ -26,7 +27,7 @@ _REPORT_COLUMNS = ("r.study_uid, r.birads, r.density, r.recommendation, r.biopsy
                    " r.follow_up_due, r.notes, coalesce(u.full_name, r.entered_by)")
 
 
-def _report(row) -> RadiologyReport:
+def _report(row: Sequence[Any]) -> RadiologyReport:
     return RadiologyReport(*row)
 
 

@@ -6,8 +6,8 @@ printed or saved) → ``report_received`` (the radiologist's report is
 entered) → ``closed`` (the doctor closed it). Each step is a fact the box
 keeps (kiosk_workflow, kiosk_feedback, kiosk_radiology_reports); the state
 is the furthest fact reached, so a report entered before the referral was
-printed still reads "report received". The SQL in :mod:`kiosk_ui.services`
-mirrors :func:`workflow_state`.
+printed still reads "report received". One rule, in SQL (:data:`WORKFLOW_SQL`),
+so the worklist can filter on it without loading every study.
 """
 
 from __future__ import annotations
@@ -24,21 +24,7 @@ BIOPSY_RESULTS = ("malignant", "benign")
 REPORT_SOURCES = ("radiologist", "radiology_report")
 
 
-def workflow_state(*, seen: bool, assessed: bool, referred: bool, reported: bool, closed: bool) -> str:
-    """The furthest step a study has reached."""
-    if closed:
-        return "closed"
-    if reported:
-        return "report_received"
-    if referred:
-        return "referred"
-    if assessed:
-        return "assessed"
-    if seen:
-        return "seen"
-    return "new"
-
-
+# The furthest step reached, over ingest_studies s LEFT JOIN kiosk_workflow w.
 WORKFLOW_SQL = """CASE
     WHEN w.closed_at IS NOT NULL THEN 'closed'
     WHEN EXISTS (SELECT 1 FROM kiosk_radiology_reports rr WHERE rr.study_uid = s.study_uid) THEN 'report_received'
