@@ -204,3 +204,17 @@ def test_no_english_reaches_a_turkish_page(client: TestClient, kiosk: Kiosk):
         leaked = [s for s in english_sentences if s in text]
         assert not leaked, f"{path}: English catalog text {leaked}"
         assert "`" not in text and "$MAMMO" not in text and "mammo " not in text, f"{path}: a shell command on a doctor's page"
+
+
+def test_the_clinics_time_zone_is_set_at_the_top_of_mammo_toml_and_a_wrong_one_is_refused(tmp_path: Path):
+    from edge_agent.errors import SettingsError
+    from edge_agent.settings import Settings
+
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "mammo.toml").write_text('timezone = "Europe/Berlin"\n', encoding="utf-8")
+    assert Settings.load(env={"MAMMO_HOME": str(home)}).timezone == "Europe/Berlin"
+    (home / "mammo.toml").write_text('timezone = "Türkiye/Kayseri"\n', encoding="utf-8")
+    with pytest.raises(SettingsError, match="an IANA zone name such as Europe/Istanbul"):
+        Settings.load(env={"MAMMO_HOME": str(home)})
+    assert Settings.load(env={"MAMMO_HOME": str(tmp_path / "other")}).timezone == "Europe/Istanbul"
