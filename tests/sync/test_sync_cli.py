@@ -109,3 +109,25 @@ def test_coordinator_status_lists_admitted_clinics_rounds_and_the_base_release(t
     signing = SigningKey(1, (authority.folder / "signing-v1.pub.pem").read_text(), "active", None)
     signature = base64.b64decode((base / "manifest.sig").read_text())
     assert verify_release((signing,), signature, (base / "manifest.json").read_bytes(), NOW) == 1
+
+
+def test_the_daemon_starts_no_supernode_without_a_kit_or_with_sync_disabled(tmp_path: Path, monkeypatch, caplog) -> None:
+    import logging
+    import threading
+
+    from sync.service import start_services
+
+    monkeypatch.setenv("MAMMO_HOME", str(tmp_path / "box"))
+    monkeypatch.setenv("MAMMO_KEYSTORE_PASSPHRASE", "cli test passphrase")
+    box = open_box(Settings.load(), interactive=False)
+    try:
+        with caplog.at_level(logging.INFO, logger="sync.service"):
+            assert start_services(box, threading.Event()) == []
+        assert "no startup kit" in caplog.text
+        box.settings = Settings.load(sync_enabled=False)
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="sync.service"):
+            assert start_services(box, threading.Event()) == []
+        assert "sync_enabled is false" in caplog.text
+    finally:
+        box.close()
