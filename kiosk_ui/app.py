@@ -183,7 +183,8 @@ async def worklist(request: Request) -> Template:
     else:
         svc.audit(session.user.username, "view_worklist", None, f"{len(rows)} row(s)")
     return _page(request, "worklist.html", session, rows=rows, query=query, statuses=STATUSES, triages=TRIAGES, flows=WORKFLOW_STATES,
-                 today=svc.today(), none_unseen=_q(request, "m") == "none_unseen")
+                 today=svc.today(), none_unseen=_q(request, "m") == "none_unseen",
+                 overdue=sum(r.overdue for r in svc.recalls()) if auth.may(session.user.role, "study") else 0)
 
 
 @get("/worklist/next")

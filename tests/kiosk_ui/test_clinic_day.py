@@ -141,11 +141,13 @@ def test_the_recall_list_shows_who_is_due_when_and_who_is_overdue(doctor: TestCl
                                                 "follow_up_day": "2027-01-15"})
     html = doctor.get("/recalls").text
     assert re.findall(r'<td class="due">([^<]+)<', html) == ["15.01.2027", "31.05.2027"]  # the report's own day; 182 days on
+    assert 'id="overdue-link"' not in doctor.get("/worklist").text
     assert "2 kadın kontrole gelecek; 0 kadının kontrol tarihi geçti." in html
     kiosk.clock.now = dt.datetime(2027, 2, 1, 9, 0, tzinfo=UTC).timestamp()
     sign_in(doctor, "doktor")  # two months on: a new day, a new session
     html = doctor.get("/recalls").text
     assert "1 kadının kontrol tarihi geçti" in html and html.count('class="row overdue"') == 1 and "Gecikti" in html
+    assert re.search(r'id="overdue-link" href="/recalls">Kontrolü gecikmiş: 1 kadın<', doctor.get("/worklist").text)
     # she came back: a new study of the same woman takes her off the list
     synthetic.ingest_study(kiosk.services.ingest, seed=11, patient=1)
     kiosk.box.db.execute("UPDATE ingest_studies SET first_seen = ? WHERE first_seen > ?", [kiosk.clock.now, kiosk.clock.now - 60])
