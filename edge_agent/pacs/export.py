@@ -109,7 +109,7 @@ class PacsLink:
         meta = getattr(ds, "file_meta", None)
         ts = meta.get("TransferSyntaxUID") if meta is not None else None
         if ts is not None and ts.is_compressed and all(cx.transfer_syntax[0] != ts for cx in accepted):
-            ds.decompress()  # the PACS takes this class only uncompressed
+            ds.decompress(generate_instance_uid=False)  # the PACS takes it only uncompressed; same object, same UID
         status = assoc.send_c_store(ds)
         code = getattr(status, "Status", None)
         if code is None:

@@ -43,6 +43,7 @@ class LoopbackPacs:
     callers: list[str] = field(default_factory=list)
     refuse_after: int | None = None  # answer 0xA700 (out of resources) to every C-STORE past this many arrivals
     only: tuple[str, ...] | None = None  # accept only these storage SOP classes (a PACS not set up for SR, say)
+    syntaxes: list[str] | None = None  # accept only these transfer syntaxes (default: all)
     _server: object = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -60,7 +61,7 @@ class LoopbackPacs:
         ae = AE(ae_title=self.ae_title)
         for cx in AllStoragePresentationContexts:
             if self.only is None or cx.abstract_syntax in self.only:
-                ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+                ae.add_supported_context(cx.abstract_syntax, self.syntaxes or ALL_TRANSFER_SYNTAXES)
         ae.add_supported_context(VERIFICATION)
         handlers = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_C_ECHO, lambda event: 0x0000)]
         self._server = ae.start_server(("127.0.0.1", self.port), block=False, evt_handlers=handlers)
@@ -115,15 +116,17 @@ class Clinic:
     handler: InferenceHandler
 
     def push_study(self, seed: int, *, patient: mg.FakePatient | None = None, accession: str = "ACC2026031501",
-                   study_date: str = "20260315", size: int = 256) -> list:
+                   study_date: str = "20260315", size: int = 256, compress: str | None = None) -> list:
         patient = patient or mg.fake_patient(seed)
         uid = mg._uid("pacs-test-study", seed)
-        return [
-            self.ingest.ingest_bytes(mg.to_bytes(mg.mammogram(
-                mg.synthetic_pixels(seed * 10 + i, lat, size), patient=patient, laterality=lat, view=view, study_uid=uid,
-                study_date=study_date, accession=accession, instance_number=i + 1, seed=seed)), source="test")
-            for i, (lat, view) in enumerate(mg.SCREENING_VIEWS)
-        ]
+        out = []
+        for i, (lat, view) in enumerate(mg.SCREENING_VIEWS):
+            ds = mg.mammogram(mg.synthetic_pixels(seed * 10 + i, lat, size), patient=patient, laterality=lat, view=view, study_uid=uid,
+                              study_date=study_date, accession=accession, instance_number=i + 1, seed=seed)
+            if compress is not None:
+                ds.compress(compress)
+            out.append(self.ingest.ingest_bytes(mg.to_bytes(ds), source="test"))
+        return out
 
     def triage(self) -> None:
         Worker(self.box.queue, "infer", self.handler, name="test").run(drain=True)

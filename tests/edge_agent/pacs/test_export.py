@@ -9,6 +9,7 @@ import threading
 import highdicom as hd
 import pydicom
 import pytest
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless
 
 from edge_agent.errors import PacsError
 from edge_agent.ingest import mg
@@ -186,3 +187,22 @@ def test_a_pacs_that_takes_no_sr_is_named_in_the_state(clinic_factory, pacs):
     [state] = service.export_states(clinic.box.db, study_uid)
     assert state.state == "retrying" and "does not accept Secondary Capture Image Storage" in state.last_error
     assert state.objects_sent == 1 and len(hospital.of_kind("MG")) == 1  # what it took is recorded; the fix is on the PACS side
+
+
+def test_compressed_images_go_uncompressed_to_a_pacs_that_takes_only_that(clinic_factory, pacs):
+    hospital = pacs(syntaxes=[ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+    dest = f"HOSP_PACS@127.0.0.1:{hospital.port}"
+    clinic = clinic_factory(pacs_destinations=dest)
+    results = clinic.push_study(10, compress=RLELossless)
+    stored = pydicom.dcmread(io.BytesIO(clinic.ingest.store.get(results[0].digest)))
+    assert stored.file_meta.TransferSyntaxUID == RLELossless  # kept as the unit sent it
+    clinic.triage()
+    service.export_study(clinic.box.queue, clinic.box.settings, results[0].study_uid, dest, requested_by="cli")
+    export_once(clinic, dest)
+    [state] = service.export_states(clinic.box.db, results[0].study_uid)
+    assert state.state == "sent"
+    images = hospital.of_kind("MG")
+    assert len(images) == 4 and {ds.file_meta.TransferSyntaxUID for ds in images} <= {ExplicitVRLittleEndian, ImplicitVRLittleEndian}
+    original = stored.pixel_array
+    [same] = [ds for ds in images if ds.SOPInstanceUID == stored.SOPInstanceUID]
+    assert (same.pixel_array == original).all()  # lossless: the same pixels
