@@ -84,4 +84,6 @@ def research(ds: Dataset, export_keys: DeidKeys) -> Dataset:
     """The research copy, in place: the stored (already de-identified) object de-identified again under the destination's key."""
     deidentify(ds, export_keys)
     ds.PatientName = f"{ds.PatientID}^"  # the pseudonym as the family name: a one-part name is ambiguous in PN (PS3.5 6.2.1.2)
+    if getattr(ds, "file_meta", None) is not None:
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID  # the box's UID must not linger in the meta header
     return ds
