@@ -71,7 +71,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return EXIT_USAGE
     try:
-        result = _finite(simulate(cfg, say=say, only_folds=only))
+        result = _finite(simulate(cfg, say=say, only_folds=only,
+                                  pretrain_cache=Path(args.pretrain_cache) if args.pretrain_cache else None))
     except DatasetError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -107,6 +108,7 @@ def register(subparsers: Any, bench_subparsers: Any) -> None:
     p.add_argument("--backbone-epochs", type=int, default=60, help="epochs of each fold's stand-in release (the release recipe: 120)")
     p.add_argument("--synthetic-pretrain", type=int, default=400, help="synthetic mammograms to pretrain on (0 = none)")
     p.add_argument("--pretrain-epochs", type=int, default=20)
+    p.add_argument("--pretrain-cache", default=None, metavar="FILE", help="keep the synthetic pretraining in this file (made once, reused by later runs)")
     p.add_argument("--plain-epochs", type=float, default=20.0, help="passes over the women in the non-private arms")
     p.add_argument("--dp-steps", type=int, default=20, help="DP-SGD steps per clinic in all (federated: split evenly over the rounds)")
     p.add_argument("--epsilon", type=float, default=1.0, help="privacy budget per woman (the box's default)")

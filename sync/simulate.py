@@ -226,18 +226,41 @@ def _paired(rows: dict[str, list[dict[str, Any]]], a: str, b: str, cfg: SimConfi
     return out
 
 
-def simulate(cfg: SimConfig, say: Callable[[str], None] = lambda s: None, only_folds: list[int] | None = None) -> dict[str, Any]:
+def _pretrain(cfg: SimConfig, cache: Path | None) -> dict[str, Any] | None:
+    """The synthetic pretraining (no real woman in it), computed once per config and seed when ``cache`` is given."""
+    import torch
+
+    from models.training import TrainConfig, pretrain_state
+
+    tc = TrainConfig(synthetic_pretrain=cfg.synthetic_pretrain, pretrain_epochs=cfg.pretrain_epochs, seed=cfg.seed, threads=1)
+    key = f"synthetic{cfg.synthetic_pretrain}-epochs{cfg.pretrain_epochs}-seed{cfg.seed}"
+    if cache is not None and cache.exists():
+        saved = torch.load(cache, weights_only=True)
+        if saved.get("key") == key:
+            return dict(saved["state"])
+    state = pretrain_state(tc)
+    if cache is not None and state is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(".tmp")
+        torch.save({"key": key, "state": state}, tmp)
+        tmp.replace(cache)
+    return state
+
+
+def simulate(cfg: SimConfig, say: Callable[[str], None] = lambda s: None, only_folds: list[int] | None = None,
+             pretrain_cache: Path | None = None) -> dict[str, Any]:
     """Run the experiment (see the module docstring) and return its JSON-ready result.
 
     ``only_folds``: run just these folds and return a *partial* result; :func:`merge` joins
     partials that cover every fold (separate processes, the same config) into the whole.
-    Each process repeats the synthetic pretraining, which is deterministic under the seed.
+    The synthetic pretraining is deterministic under the seed; ``pretrain_cache`` keeps it in a
+    file so that processes run side by side do not each repeat it.
     """
     import torch
 
     from models.data import read_folder
     from models.fl_sim import Women, split_clinics
-    from models.training import TrainConfig, build_arrays, pretrain_state
+    from models.training import build_arrays
     from provisioning import he as he_material
 
     torch.set_num_threads(1)
@@ -249,8 +272,7 @@ def simulate(cfg: SimConfig, say: Callable[[str], None] = lambda s: None, only_f
     if not folds or any(not 0 <= f < cfg.folds for f in folds):
         raise ValueError(f"folds must be between 0 and {cfg.folds - 1}, got {only_folds}")
     arrays = build_arrays(records)
-    pre = pretrain_state(TrainConfig(synthetic_pretrain=cfg.synthetic_pretrain, pretrain_epochs=cfg.pretrain_epochs,
-                                     seed=cfg.seed, threads=1))
+    pre = _pretrain(cfg, pretrain_cache)
     say(f"data and synthetic pretraining ready ({time.monotonic() - t0:.0f} s)")
     material = he_material.make_material()
     he_ctx = (he_material.load_context(material.secret, need_secret=True),
