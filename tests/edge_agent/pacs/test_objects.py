@@ -149,3 +149,17 @@ def test_colour_scale_matches_the_kiosk_overlay():
     grey = np.full((2, 2), 100, np.uint8)
     assert (blend(grey, np.full((2, 2), 0.1)) == 100).all()  # below 0.15: the view shows through unchanged
     assert blend(grey, np.ones((2, 2)))[0, 0, 0] > 200
+
+
+def test_research_copies_name_no_box_uid_anywhere(clinic_factory):
+    clinic = clinic_factory(pacs_destinations="RESEARCH@127.0.0.1:104/deidentified")
+    results = clinic.push_study(14)
+    clinic.triage()
+    worker, handler = service.make_worker(clinic.box, threading.Event())
+    dest = handler.destination("RESEARCH@127.0.0.1:104")
+    objects = list(handler.objects(dest, results[0].study_uid, handler._study(results[0].study_uid)))
+    worker.queue.db.conn.close()
+    box_uids = {r.sop_instance_uid for r in results} | {results[0].study_uid}
+    for o in objects:
+        for text in (str(o.dataset), str(roundtrip(o.dataset))):
+            assert not any(uid in text for uid in box_uids)  # header, meta and SR references alike, as sent and as written
