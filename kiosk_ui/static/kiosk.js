@@ -34,7 +34,9 @@
       frame.setAttribute("aria-hidden", "true");
       frame.tabIndex = -1;
       frame.addEventListener("load", function () {
-        try { frame.contentWindow.focus(); frame.contentWindow.print(); } catch (err) { /* the note below stays */ }
+        try { frame.contentWindow.focus(); frame.contentWindow.print(); } catch (err) { return; /* the note stays */ }
+        var shown = document.getElementById("print-note");
+        if (shown) { setTimeout(function () { shown.hidden = true; }, 6000); }
       });
       frame.src = printButton.dataset.print;
       document.body.appendChild(frame);
