@@ -21,8 +21,8 @@
    id, so a crash between placing and recording places it once), and close
    the round in the ledger.
 
-The process runs at a lower CPU priority (nice 10) with one torch thread:
-screening keeps the box.
+The process runs only on idle CPU time (``SCHED_IDLE``, else nice 19) with
+one torch thread: screening keeps the box.
 """
 
 from __future__ import annotations
@@ -388,6 +388,26 @@ def _run(db: sqlite_utils.Database, settings: Settings, master_key: Callable[[],
                    pauses=pauses, update_id=update_id, gate=ledger.gate_of(db, rnd.round_id))
 
 
+def lower_priority() -> str:
+    """Run this process only on CPU time screening leaves: SCHED_IDLE where Linux offers it, else nice 19.
+
+    Set before torch starts its threads, which inherit it. Under SCHED_IDLE
+    the kernel gives a runnable normal-priority thread (an inference worker)
+    the CPU ahead of a training step already in progress, so the step that
+    is running when a study arrives does not slow the study down.
+    """
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        return "SCHED_IDLE"
+    except (AttributeError, OSError):
+        pass
+    try:
+        os.nice(19 - os.nice(0))
+        return "nice 19"
+    except OSError:
+        return "unchanged"
+
+
 def main(argv: list[str] | None = None) -> int:
     """The training process: prints the outcome as JSON on its last line; exit 0 unless it failed."""
     ap = argparse.ArgumentParser(prog="python -m edge_agent.learning.runner", description="Run (or resume) one local training round.")
@@ -397,10 +417,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-wait", action="store_true", help="end paused instead of waiting for screening to finish")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    try:
-        os.nice(10)
-    except OSError:
-        pass
+    lower_priority()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:

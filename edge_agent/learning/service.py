@@ -7,7 +7,7 @@ so a reboot resumes the schedule where it was instead of starting over.
 Every ``train_check_interval_s`` the job reads the box's state, asks the
 policy, records the decision with its reasons, and, if it says train,
 starts ``python -m edge_agent.learning.runner`` as a separate process
-(nice 10, one torch thread): a round never shares the daemon's memory or
+(SCHED_IDLE, one torch thread): a round never shares the daemon's memory or
 its GIL with screening, and a power cut or SIGKILL of the round is just a
 process ending (the ledger and the checkpoint take care of the rest).
 Only one training process runs at a time (the runner's lock). At shutdown

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import threading
@@ -97,6 +98,7 @@ def test_killed_mid_round_resumes_from_its_checkpoint_and_counts_its_epsilon_onc
     with _start(clinic, "--force-window") as proc:
         try:
             _wait(lambda: _progress(clinic.home, 10), "the first checkpoint", proc)
+            assert os.sched_getscheduler(proc.pid) == os.SCHED_IDLE  # it runs only on CPU time screening leaves
             proc.send_signal(signal.SIGKILL)  # a power cut, as far as the process can tell
             proc.wait(timeout=30)
         finally:
