@@ -58,6 +58,7 @@ __all__ = [
     "epsilon_of",
     "noise_for_epsilon",
     "per_study_gradients",
+    "check_spec",
     "run_round",
     "state_from_bytes",
     "state_to_bytes",
