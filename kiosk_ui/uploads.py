@@ -9,11 +9,14 @@ network receiver and the drop folder, which may still quarantine it.
 
 from __future__ import annotations
 
+import logging
 import unicodedata
 
 from edge_agent.errors import MammoError
 from edge_agent.ingest.records import QUARANTINED
 from kiosk_ui.records import UploadOutcome
+
+log = logging.getLogger(__name__)
 
 MAX_NAME = 255
 
@@ -54,7 +57,10 @@ def ingest_one(ingest, name: str, data: bytes, max_bytes: int) -> UploadOutcome:
     try:
         result = ingest.ingest_bytes(data, source="kiosk", label=label)
     except MammoError as exc:  # disk full, database unusable: nothing stored, say so
-        return UploadOutcome(label, False, "upload.box_error", {"reason": str(exc)})
+        # The reason is English for the log and may name a command; the doctor reads what happened and whom to call.
+        log.warning("kiosk upload of %s not stored: %s", label, exc)
+        key = "upload.box_full" if type(exc).__name__ == "StorageFull" else "upload.box_error"
+        return UploadOutcome(label, False, key, {})
     if result.outcome == QUARANTINED:
         return UploadOutcome(label, False, "upload.quarantined", {"reason": result.reason_code, "id": str(result.quarantine_id)})
     key = "upload.duplicate" if result.duplicate else ("upload.fixed" if result.fixes else "upload.stored")

@@ -220,3 +220,14 @@ def test_the_clinics_time_zone_is_set_at_the_top_of_mammo_toml_and_a_wrong_one_i
     with pytest.raises(SettingsError, match="an IANA zone name such as Europe/Istanbul"):
         Settings.load(env={"MAMMO_HOME": str(home)})
     assert Settings.load(env={"MAMMO_HOME": str(tmp_path / "other")}).timezone == "Europe/Istanbul"
+
+
+def test_an_upload_refusal_reads_in_turkish_with_no_english_reason(doctor: TestClient, kiosk: Kiosk):
+    from edge_agent.ingest import mg
+
+    ds = mg.screening_study(mg.fake_patient(4), seed=4, size=64)[0]
+    ds.BurnedInAnnotation = "YES"  # held for review: the reason is the ingest's code, shown in the doctor's words
+    page = doctor.get("/upload").text
+    r = doctor.post("/upload", data={"_csrf": csrf_of(page)}, files=[("files", ("IM0001", mg.to_bytes(ds), "application/dicom"))])
+    cell = html_lib.unescape(re.search(r'<tr class="refused"><td class="mono">IM0001</td><td>([^<]+)</td>', r.text)[1])
+    assert cell.startswith("Karantinaya alındı (neden: görüntüye yazı basılmış olabilir, no: ") and "burned_in" not in cell
