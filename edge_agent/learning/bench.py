@@ -175,6 +175,11 @@ def train_bench(n_studies: int = 48, steps: int = 60, n_screening: int = 6, widt
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
+            from edge_agent.inference.service import choose_profile
+
+            profile = choose_profile(box)[0].profile
+            out.update(hardware_profile=profile.name, profile_budget_ms_per_study=profile.latency_budget_ms_per_study,
+                       within_profile_budget=_p95(busy) <= profile.latency_budget_ms_per_study)
             out.update(screening_studies=len(big), image_size=[width, height], screening_p95_idle_ms=round(_p95(idle), 1),
                        screening_p95_training_ms=round(_p95(busy), 1),
                        screening_median_idle_ms=round(statistics.median(idle), 1), screening_median_training_ms=round(statistics.median(busy), 1),
