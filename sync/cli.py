@@ -41,7 +41,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], bench_sub
     bs.set_defaults(handler=cmd_sync_status)
 
     b = bench_sub.add_parser("sync", help="bytes on the wire per round per clinic, link-up to accepted, and lost/duplicated/resent under a dropping link")
-    b.add_argument("--cut-every", type=float, default=2.0, help="seconds between the dropping proxy's cuts (default 2)")
+    b.add_argument("--cut-every", type=float, default=5.0, help="seconds between the dropping proxy's cuts (default 5)")
     b.add_argument("--keep", type=Path, default=None, help="build the federation here and keep it (default: a temporary folder)")
     add_json_flag(b)
     b.set_defaults(handler=cmd_bench_sync)

@@ -30,7 +30,7 @@ from sync.flower.local import LocalFederation, wait_for
 from sync.proxy import DroppingProxy
 
 
-def run(*, cut_every_s: float = 2.0, keep: Path | None = None) -> dict[str, Any]:
+def run(*, cut_every_s: float = 5.0, keep: Path | None = None) -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix="mammo-bench-sync-")) if keep is None else keep
     fed = LocalFederation.create(root / "federation", 3, buffer_k=3, deadline_s=3600, min_updates=1, poll_s=1.0, admit_every_s=2.0)
     proxies = [DroppingProxy(("127.0.0.1", fed.port), cut_every_s=None).start() for _ in fed.boxes]

@@ -108,7 +108,7 @@ class Loop:
             now = time.time()
             try:
                 self.tick(now)
-            except MammoError:
+            except Exception:  # a Runtime API hiccup or one bad answer must not end the federation's run
                 log.exception("federation loop: one pass failed; going on")
             time.sleep(TICK_S)
 

@@ -29,8 +29,8 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def fed(tmp_path_factory: pytest.TempPathFactory):
-    f = LocalFederation.create(tmp_path_factory.mktemp("federation"), 3, buffer_k=3, deadline_s=6, min_updates=1, max_staleness=4,
-                               poll_s=1.0, admit_every_s=2.0, reply_timeout_s=45.0)
+    f = LocalFederation.create(tmp_path_factory.mktemp("federation"), 3, buffer_k=3, deadline_s=6, min_updates=1, max_staleness=8,
+                               poll_s=1.0, admit_every_s=2.0, reply_timeout_s=20.0)
     f.start_coordinator()
     yield f
     f.close()
@@ -128,8 +128,7 @@ def test_update_sent_again_after_the_coordinator_lost_its_acknowledgement_is_sto
     assert rows[0][1] >= 1  # the box sent it again; the coordinator knew it by its hash and did not store it twice
 
 
-def test_box_offline_for_several_rounds_delivers_once_when_it_returns(fed: LocalFederation) -> None:
-    wait_for("a quiet federation", lambda: _settled(fed, [0, 1, 2]), 180)
+def test_box_offline_for_several_rounds_returns_over_a_dropping_link_and_delivers_once(fed: LocalFederation) -> None:
     fed.stop_box(2)
     offline_sha = fed.place(2, seed=300)
     start = fed.current_version()
@@ -137,30 +136,21 @@ def test_box_offline_for_several_rounds_delivers_once_when_it_returns(fed: Local
         before = fed.current_version()
         fed.place(0, seed=310 + r)
         fed.place(1, seed=320 + r)
-        wait_for(f"round {r + 1} while box 2 is away", lambda before=before: fed.current_version() != before and _settled(fed, [0, 1]), 240)
+        wait_for(f"round {r + 1} while box 2 is away", lambda before=before: fed.current_version() != before, 240)
     assert fed.current_version() != start
     assert _state(fed, 2, offline_sha) == "queued"
-    fed.start_box(2)
-    wait_for("the returning box's update acknowledged", lambda: _state(fed, 2, offline_sha) == "acknowledged", 120)
-    wait_for("its round released and activated everywhere", lambda: _settled(fed, [0, 1, 2]), 240)
-    rows = _rows(fed, "SELECT u.state, r.staleness FROM fl_updates u LEFT JOIN fl_round_updates r USING (sha256) WHERE u.sha256 = ?", [offline_sha])
-    assert len(rows) == 1
-    assert rows[0][0] == "aggregated" and rows[0][1] >= 2  # trained two generations back: weighted down, not lost
-
-
-def test_update_crosses_a_link_cut_every_half_second_intact_and_once(fed: LocalFederation) -> None:
-    fed.stop_box(1)
-    with DroppingProxy(("127.0.0.1", fed.port), cut_every_s=0.5) as proxy:
-        fed.start_box(1, superlink=proxy.address)
-        sha = fed.place(1, seed=400)
-        wait_for("the update across the dropping link", lambda: _state(fed, 1, sha) == "acknowledged", 180)
+    # The village link comes back, and drops every five seconds (sync.proxy cuts every connection, mid-message or not).
+    with DroppingProxy(("127.0.0.1", fed.port), cut_every_s=5.0) as proxy:
+        fed.start_box(2, superlink=proxy.address)
+        wait_for("the returning box's update acknowledged", lambda: _state(fed, 2, offline_sha) == "acknowledged", 240)
         stats = proxy.stats()
-    fed.stop_box(1)
-    fed.start_box(1)
-    rows = _rows(fed, "SELECT bytes FROM fl_updates WHERE sha256 = ?", [sha])
+        fed.stop_box(2)
+    fed.start_box(2)
+    wait_for("its update aggregated", lambda: _rows(fed, "SELECT 1 FROM fl_updates WHERE sha256 = ? AND state = 'aggregated'", [offline_sha]), 120)
+    rows = _rows(fed, "SELECT u.bytes, r.staleness FROM fl_updates u JOIN fl_round_updates r USING (sha256) WHERE u.sha256 = ?", [offline_sha])
     assert len(rows) == 1  # once; and intact: the store re-hashes the ciphertext before keeping it
-    assert stats.cuts > 0 and stats.connections > 1
-    assert stats.up > rows[0][0]
+    assert rows[0][1] >= 2  # trained two generations back: weighted down, not lost
+    assert stats.cuts > 0 and stats.connections > 1 and stats.up > rows[0][0]
 
 
 def test_tampered_release_is_refused_and_the_model_stays(fed: LocalFederation) -> None:
