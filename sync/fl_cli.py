@@ -105,7 +105,7 @@ def register(subparsers: Any, bench_subparsers: Any) -> None:
     p.add_argument("--folds", type=int, default=5, help="woman-level folds, dealt within each clinic")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--rounds", type=int, default=5, help="federated rounds (each clinic's DP rounds together spend --epsilon)")
-    p.add_argument("--backbone-epochs", type=int, default=60, help="epochs of each fold's stand-in release (the release recipe: 120)")
+    p.add_argument("--backbone-epochs", type=int, default=40, help="epochs of each fold's stand-in release (the release recipe: 120)")
     p.add_argument("--synthetic-pretrain", type=int, default=400, help="synthetic mammograms to pretrain on (0 = none)")
     p.add_argument("--pretrain-epochs", type=int, default=20)
     p.add_argument("--pretrain-cache", default=None, metavar="FILE", help="keep the synthetic pretraining in this file (made once, reused by later runs)")
