@@ -23,10 +23,14 @@ tested lives here, free of sync and HE, so it can be tested on its own:
   same women for both arms, which is far tighter than comparing two
   intervals.
 
-The training pieces here are plain (non-private) optimisation of the
-trainable part on cached frozen features; the private and encrypted pieces
-are the box's own (``models.dp``, ``sync.he``, ``sync.coordinator.strategy``)
-and are driven from ``sync.simulate``.
+The training pieces here only prepare the box's own code: each fold's
+stand-in release (:func:`fold_release`, the release recipe on the fold's
+training women), the women as ``models.dp.StudySet`` over cached frozen
+features, and the configurations of ``models.dp``'s rounds, private
+(:func:`dp_config`, noise from the box's accountant) or not
+(:func:`plain_config`).  The encrypted aggregation (``sync.he``,
+``sync.coordinator.strategy``) is driven from ``sync.simulate``: ``models``
+never imports ``sync``.
 """
 
 from __future__ import annotations
