@@ -19,6 +19,9 @@ from typing import Any
 import sqlite_utils
 
 OPEN_STATES = ("awaiting_kit", "queued", "sending")
+#: "Sync now": the console leaves this file; the box's sync supervisor (sync.service) sees it, removes it and reconnects
+#: its SuperNode at once instead of waiting out a back-off.  The coordinator asks as soon as the node is back.
+SYNC_NOW_FILE = "now"
 
 
 @dataclass(frozen=True)
@@ -65,3 +68,14 @@ def summary(db: sqlite_utils.Database, home: Path, *, recent: int = 0) -> SyncSu
                 f"SELECT {', '.join(keys)} FROM sync_outbox ORDER BY placed_at DESC LIMIT ?", [recent]).fetchall())
     return SyncSummary(counts, sum(counts.get(s, 0) for s in OPEN_STATES), int(pending_bytes), oldest, last_ack or link.get("last_ack_at"),
                        link.get("last_contact_at"), link.get("coordinator"), link.get("model_version"), link.get("last_release"), rows)
+
+
+def request_sync_now(home: Path) -> Path:
+    """Ask the running sync service to reconnect now (a file, so the console needs no socket to the daemon)."""
+    import time
+
+    folder = home / "sync"
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = folder / SYNC_NOW_FILE
+    path.write_text(str(time.time()), encoding="ascii")
+    return path

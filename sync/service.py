@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives import serialization
 from edge_agent.box import Box
 from edge_agent.errors import SyncError
 from edge_agent.settings import Settings
+from edge_agent.sync_view import SYNC_NOW_FILE
 from provisioning import enrolment
 from provisioning.keystore import Keystore
 from sync.flower import processes
@@ -133,25 +134,48 @@ class Supervisor:
                     child = self.child
             except Exception:
                 log.exception("sync: the SuperNode could not start; retrying in %.0f s", delay)
-                self._stop.wait(delay)
+                self._wait(delay)
                 delay = min(delay * 2, self.max_delay)
                 continue
             started = time.monotonic()
             while not self._stop.wait(0.5) and child.alive():
-                pass
+                if self._poked():  # "sync now" from the console: reconnect at once (Flower's own back-off reaches 20 s)
+                    log.info("sync: reconnecting now, as asked")
+                    with self._lock:
+                        self.child = None
+                    child.stop()
+                    delay = self.min_delay
+                    break
+            else:
+                if self._stop.is_set():
+                    return
+                code = child.proc.returncode
+                with self._lock:
+                    self.exits.append(code)
+                    self.child = None
+                child.stop()
+                if time.monotonic() - started > 120:
+                    delay = self.min_delay  # it ran a good while: this exit is news, not a refusal loop
+                log.warning("sync: the SuperNode exited with %s (refused, still counted online after a crash, or the link failed for good); "
+                            "restarting in %.0f s. Log: %s", code, delay, child.log_path)
+                self._wait(delay)
+                delay = min(delay * 2, self.max_delay)
             if self._stop.is_set():
                 return
-            code = child.proc.returncode
-            with self._lock:
-                self.exits.append(code)
-                self.child = None
-            child.stop()
-            if time.monotonic() - started > 120:
-                delay = self.min_delay  # it ran a good while: this exit is news, not a refusal loop
-            log.warning("sync: the SuperNode exited with %s (refused, still counted online after a crash, or the link failed for good); "
-                        "restarting in %.0f s. Log: %s", code, delay, child.log_path)
-            self._stop.wait(delay)
-            delay = min(delay * 2, self.max_delay)
+
+    def _poked(self) -> bool:
+        path = sync_folder(self.settings) / SYNC_NOW_FILE
+        if not path.exists():
+            return False
+        path.unlink(missing_ok=True)
+        return True
+
+    def _wait(self, seconds: float) -> None:
+        """Wait out a back-off, cut short by a stop or a "sync now"."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and not self._stop.wait(min(0.5, max(0.0, deadline - time.monotonic()))):
+            if self._poked():
+                return
 
 
 def _supervise(box: Box, stop: threading.Event) -> None:

@@ -321,6 +321,12 @@ class Console(App[None]):
         view = data.sync(self.box)
         self.query_one("#sync-body", Static).update(views.sync(self.lang, view))
         self.query_one("#sync-note", Static).update(f"[i]{t(self.lang, 'sync.none')}[/i]" if view.summary.last_sync_at is None else "")
+        self.query_one("#sync-now", Button).disabled = not view.enabled
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        if event.button.id == "sync-now":
+            data.sync_now(self.box)
+            self.query_one("#sync-note", Static).update(f"[i]{t(self.lang, 'sync.asked')}[/i]")
 
     def _load_models(self) -> None:
         v = self._models = data.models(self.box)

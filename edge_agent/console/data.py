@@ -335,6 +335,15 @@ def sync(box: Box) -> SyncView:
     return SyncView(reason is None, reason, s.sync_superlink or coordinator, sync_summary(box.db, s.home, recent=4), clinics)
 
 
+def sync_now(box: Box) -> None:
+    """The technician asked the box to reconnect to the coordinator now (audited)."""
+    from edge_agent import audit
+    from edge_agent.sync_view import request_sync_now
+
+    request_sync_now(box.settings.home)
+    audit.append(box.db, "console", "sync_now_requested", None, {})
+
+
 # --- model versions -----------------------------------------------------------------------------
 
 

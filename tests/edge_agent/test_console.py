@@ -255,6 +255,9 @@ async def test_sync_screen_shows_what_waits_and_when_the_box_last_synced(box: Bo
     (box.settings.home / "sync").mkdir()
     (box.settings.home / "sync" / "link.json").write_text(json.dumps({"last_contact_at": now - 60, "model_version": "0.1.0+fl.3",
                                                                       "last_release": {"version": "0.1.0+fl.3", "ok": True}}))
+    import dataclasses
+
+    box.settings = dataclasses.replace(box.settings, sync_superlink="127.0.0.1:9092")  # a coordinator to reach: sync is on
     app = Console(box, "en")
     async with app.run_test(size=SIZE) as pilot:
         await pilot.pause()
@@ -262,3 +265,10 @@ async def test_sync_screen_shows_what_waits_and_when_the_box_last_synced(box: Bo
         assert re.search(r"Waiting to sync\s+1 update\(s\), 1171 KB", text)
         assert "0.1.0+fl.3" in text and "verified, active" in text and "no sync yet" not in text
         assert re.search(r"Last sync\s+\d{4}-\d\d-\d\d", text)
+        # "Sync now" asks the box's sync service (through a file it watches) to reconnect at once, and is audited.
+        assert not app.query_one("#sync-now", Button).disabled
+        await pilot.click("#sync-now")
+        await pilot.pause()
+        assert (box.settings.home / "sync" / "now").exists()
+        assert "reconnects now" in screen_text(app)
+        assert box.db.execute("SELECT count(*) FROM audit_log WHERE action = 'sync_now_requested'").fetchone()[0] == 1
