@@ -2,10 +2,11 @@
 
 A real federation on loopback (``sync.flower.local``): three boxes, each
 behind its own counting proxy (``sync.proxy``), one encrypted update each,
-K = 3.  Per clinic and round: bytes up (the update, answers) and down (the
-coordinator's questions, the signed release) from link-up until the box runs
-the new release, and the time from link-up (its SuperNode starts) to the
-coordinator storing its update.
+K = 3, the boxes already running the federation's base model.  Per clinic
+and round: bytes up (the update, answers) and down (the coordinator's
+questions, the signed release) from link-up until the box runs the new
+release, and the time from link-up (its SuperNode starts) to the coordinator
+storing its update.
 
 Then one box's link is cut every ``cut_every_s`` seconds while it sends a
 second update.  ``lost`` counts updates placed but never stored,
@@ -36,6 +37,8 @@ def run(*, cut_every_s: float = 5.0, keep: Path | None = None) -> dict[str, Any]
     proxies = [DroppingProxy(("127.0.0.1", fed.port), cut_every_s=None).start() for _ in fed.boxes]
     try:
         fed.start_coordinator()
+        for i in range(3):
+            fed.install_base(i)  # the boxes already run the federation's base model: the round's bytes are this round's
         shas = [fed.place(i, seed=i) for i in range(3)]
         link_up: dict[int, float] = {}
         for i, proxy in enumerate(proxies):

@@ -131,6 +131,19 @@ class LocalFederation:
         assert entry is not None and entry.sha256 is not None
         return entry.sha256
 
+    def install_base(self, i: int) -> str:
+        """Activate the coordinator's generation-0 release on box ``i`` (as if it had synced before), through its activation path."""
+        import shutil
+
+        from edge_agent.inference.activation import ModelRegistry
+
+        box = self.boxes[i]
+        version = str(self.paths.read_state()["base_version"])
+        target = box.settings.models_dir / version
+        if not target.exists():
+            shutil.copytree(self.paths.releases / version, target)
+        return ModelRegistry(box.db, box.settings).activate(str(target), by="sync", reason="federation base release").version
+
     def store_db(self) -> sqlite_utils.Database:
         return store.open_store(self.paths.root)
 
