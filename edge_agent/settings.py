@@ -313,6 +313,7 @@ class Settings:
     sync_coordinator_port: int = setting(9092, "TCP port of the coordinator's SuperLink (Fleet, Control and Runtime APIs over HTTPS; 0: a free port).", check=_port, fix="a TCP port 0-65535")
     sync_poll_s: float = setting(5.0, "Seconds the coordinator waits after a box answered before asking it again (each ask starts a ClientApp process on the box).", check=_positive, fix="seconds > 0, e.g. 5")
     sync_reply_timeout_s: float = setting(120.0, "Seconds the coordinator waits for a box's answer before asking again (a dropped link loses the ask; the box's outbox keeps the update).", check=_positive, fix="seconds > 0, e.g. 120")
+    sync_renew_days: int = setting(7, "A box asks the coordinator for a renewed certificate at sync once its certificate has this many days left or fewer (the coordinator's authority issues it; 0: never, renew offline with a new kit).", check=lambda v: 0 <= v <= 30, fix="days 0-30, e.g. 7")
     sync_admit_every_s: float = setting(10.0, "Seconds between the coordinator's reads of the authority's issued and revoked certificates (a revoked box is unregistered at the SuperLink within this time).", check=_positive, fix="seconds > 0, e.g. 10")
 
     # The coordinator's aggregation rule (sync.coordinator.strategy: FedBuff-style, buffered and asynchronous).

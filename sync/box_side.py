@@ -108,6 +108,9 @@ def answer(home: Path, poll: Poll, *, now: float | None = None) -> Answer:
             if outbox.reject(db, sha, reason, now=now):
                 audit.append(db, ACTOR, "sync_rejected", sha, {"reason": reason}, at=now)
             confirmed.append(sha)
+        if poll.kit is not None:
+            kit = _install_renewed(settings, db, poll.kit, kit, now)
+        renewal = _renewal_request(settings, kit, now) if poll.kit is None else None
         checks = tuple(check_manifest(db, m, kit.signing_keys, now) for m in poll.manifests)
         release_result = _take_release(settings, db, poll) if poll.release else None
         active = _active_version(settings, db)
@@ -128,7 +131,37 @@ def answer(home: Path, poll: Poll, *, now: float | None = None) -> Answer:
             link["last_release"] = release_result
         _write_link(settings, **link)
         return Answer(kit.box_id, enrolment.certificate_pem(folder) or "", active, tuple(confirmed), update, data, checks, release_result,
-                      {k: status[k] for k in ("pending", "pending_bytes", "oldest_pending_age_s", "last_ack_at")})
+                      {k: status[k] for k in ("pending", "pending_bytes", "oldest_pending_age_s", "last_ack_at")}, renewal)
+
+
+def _renewal_request(settings: Settings, kit: Any, now: float) -> dict[str, Any] | None:
+    """A request for a renewed certificate (same box key) once the certificate is within ``sync_renew_days`` of its end."""
+    from edge_agent.box import open_keystore
+
+    days_left = (kit.not_after - dt.datetime.fromtimestamp(now, dt.UTC)).total_seconds() / 86400
+    if not settings.sync_renew_days or days_left > settings.sync_renew_days:
+        return None
+    try:
+        keystore = open_keystore(settings, interactive=False)
+        csr = enrolment.make_request(keystore, enrolment.folder_of(settings))
+    except MammoError as exc:
+        log.warning("certificate ends in %.1f days but no renewal was requested: %s", days_left, exc)
+        return None
+    return {"csr": csr.decode("ascii"), "settings": dict(kit.settings), "coordinator": kit.coordinator}
+
+
+def _install_renewed(settings: Settings, db: sqlite_utils.Database, raw: bytes, current: Any, now: float) -> Any:
+    """Install a renewed kit through enrolment's own checks (same authority, this box's key, not older); audit either way."""
+    from edge_agent.box import open_keystore
+
+    try:
+        kit = enrolment.install(raw, keystore=open_keystore(settings, interactive=False), folder=enrolment.folder_of(settings))
+    except MammoError as exc:
+        audit.append(db, ACTOR, "sync_renewal_refused", None, {"reason": str(exc)[:500]}, at=now)
+        log.warning("renewed kit refused: %s", exc)
+        return current
+    audit.append(db, ACTOR, "sync_certificate_renewed", f"{kit.certificate.serial_number:x}", {"not_after": kit.not_after.isoformat()}, at=now)
+    return kit
 
 
 def decrypt(home: Path, request: DecryptRequest) -> DecryptAnswer:

@@ -296,6 +296,45 @@ def admit(paths: CoordinatorPaths, auth: Authority, now: dt.datetime | None = No
     return plan
 
 
+# --- renewal at sync: a box near the end of its certificate asks through the ServerApp; this process's authority issues -----
+
+
+def renewal_paths(paths: CoordinatorPaths, box_id: str) -> tuple[Path, Path]:
+    """(request, kit) files for one box under ``renewals/``: the ServerApp writes the request and hands over the kit."""
+    folder = paths.root / "renewals"
+    return folder / f"{box_id}.request.json", folder / f"{box_id}.kit"
+
+
+def issue_renewals(paths: CoordinatorPaths, auth: Authority, now: dt.datetime | None = None) -> list[str]:
+    """Issue a kit for each waiting request from a currently admitted box (the authority refuses a revoked one); returns their box ids."""
+    folder = paths.root / "renewals"
+    if not folder.exists():
+        return []
+    admitted = {a.box_id for a in read_admitted(paths).values()}
+    done = []
+    for request in sorted(folder.glob("*.request.json")):
+        box_id = request.name.removesuffix(".request.json")
+        _, kit_path = renewal_paths(paths, box_id)
+        if kit_path.exists():
+            continue
+        data = read_json(request) or {}
+        try:
+            from provisioning.pki import read_request
+
+            _, named = read_request(str(data.get("csr", "")).encode())
+            if named != box_id or box_id not in admitted:
+                raise SyncError(f"request names box {named}, admitted boxes do not include {box_id}")
+            kit = auth.issue_kit(str(data["csr"]).encode(), coordinator=data.get("coordinator"), settings=dict(data.get("settings") or {}), now=now)
+        except Exception as exc:  # a refused request must not stop the admission loop
+            log.warning("renewal for box %s refused: %s", box_id, exc)
+            request.unlink(missing_ok=True)
+            continue
+        write_atomic(kit_path, kit)
+        done.append(box_id)
+        log.info("renewed certificate issued for box %s", box_id)
+    return done
+
+
 # --- publisher: a release and a signed round manifest for each decrypted round ------------------------------------------
 
 
@@ -408,6 +447,7 @@ class Coordinator:
         while not stop.wait(self.admit_every_s):
             try:
                 admit(self.paths, self.auth)
+                issue_renewals(self.paths, self.auth)
             except Exception:  # the loop must outlive one bad pass (a CLI timeout, a half-written CRL)
                 log.exception("admission pass failed; retrying in %.0f s", self.admit_every_s)
 

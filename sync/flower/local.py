@@ -110,8 +110,8 @@ class LocalFederation:
         """Box ``i``'s SuperNode under the same supervision as ``mammo up`` (restarted until the link accepts it)."""
         box = self.boxes[i]
         if box.node is None:
-            box.node = box_service.Supervisor(box.settings, box.keystore, superlink=superlink, env={"MAMMO_KEYSTORE_PASSPHRASE": BOX_PASSPHRASE},
-                                              min_delay=1.0, max_delay=5.0).start()
+            env = {"MAMMO_KEYSTORE_PASSPHRASE": BOX_PASSPHRASE} | dict(self.options.get("box_env", {}))
+            box.node = box_service.Supervisor(box.settings, box.keystore, superlink=superlink, env=env, min_delay=1.0, max_delay=5.0).start()
         return box.node
 
     def stop_box(self, i: int, *, kill: bool = False) -> None:

@@ -75,17 +75,19 @@ class Poll:
     release_version: str | None = None
     release: bytes | None = None  # tar of RELEASE_FILES, only when the box is behind
     manifests: tuple[bytes, ...] = ()  # signed round manifests (their own format, sync.coordinator.manifest)
+    kit: bytes | None = None  # a renewed startup kit the authority issued on the box's request at sync
 
     def to_content(self) -> RecordDict:
         meta = {"acks": list(self.acks), "rejects": [list(r) for r in self.rejects], "release_version": self.release_version,
-                "manifests": [m.decode("utf-8") for m in self.manifests]}
+                "manifests": [m.decode("utf-8") for m in self.manifests], "kit": self.kit.decode("utf-8") if self.kit else None}
         return _content(meta, {"release": (self.release, "mammo.release.tar")} if self.release else {})
 
     @classmethod
     def from_content(cls, content: RecordDict) -> Poll:
         meta, blobs = _meta(content), _blobs(content)
+        kit = meta.get("kit")
         return cls(tuple(meta.get("acks", ())), tuple((str(a), str(b)) for a, b in meta.get("rejects", ())), meta.get("release_version"),
-                   blobs.get("release"), tuple(m.encode("utf-8") for m in meta.get("manifests", ())))
+                   blobs.get("release"), tuple(m.encode("utf-8") for m in meta.get("manifests", ())), str(kit).encode("utf-8") if kit else None)
 
 
 @dataclass(frozen=True)
@@ -101,17 +103,20 @@ class Answer:
     manifest_checks: tuple[dict[str, Any], ...] = ()
     release_result: dict[str, Any] | None = None
     outbox: dict[str, Any] = field(default_factory=dict)
+    renewal: dict[str, Any] | None = None  # {"csr": PEM, "settings": the installed kit's}: the certificate is near its end
 
     def to_content(self) -> RecordDict:
         meta = {"box_id": self.box_id, "certificate": self.certificate, "model_version": self.model_version, "confirmed": list(self.confirmed),
-                "update": self.update, "manifest_checks": list(self.manifest_checks), "release_result": self.release_result, "outbox": self.outbox}
+                "update": self.update, "manifest_checks": list(self.manifest_checks), "release_result": self.release_result, "outbox": self.outbox,
+                "renewal": self.renewal}
         return _content(meta, {"ciphertext": (self.ciphertext, "mammo.ckks")} if self.ciphertext is not None else {})
 
     @classmethod
     def from_content(cls, content: RecordDict) -> Answer:
         meta, blobs = _meta(content), _blobs(content)
         return cls(str(meta["box_id"]), str(meta["certificate"]), meta.get("model_version"), tuple(meta.get("confirmed", ())), meta.get("update"),
-                   blobs.get("ciphertext"), tuple(meta.get("manifest_checks", ())), meta.get("release_result"), dict(meta.get("outbox") or {}))
+                   blobs.get("ciphertext"), tuple(meta.get("manifest_checks", ())), meta.get("release_result"), dict(meta.get("outbox") or {}),
+                   meta.get("renewal"))
 
 
 @dataclass(frozen=True)

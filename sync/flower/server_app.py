@@ -27,6 +27,7 @@ home for ``mammo coordinator status``.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import time
@@ -152,6 +153,9 @@ class Loop:
         poll = Poll(tuple(s for s, (st, _) in view.owed.items() if st != "rejected"),
                     tuple((s, r or "rejected") for s, (st, r) in view.owed.items() if st == "rejected"),
                     model.version, release, manifests)
+        _, kit_path = service.renewal_paths(self.paths, view.box_id)
+        if kit_path.exists():
+            poll = dataclasses.replace(poll, kit=kit_path.read_bytes())
         return Message(poll.to_content(), dst_node_id=node, message_type=SYNC, ttl=self.config.reply_timeout_s)
 
     def _manifests_for(self, box_id: str) -> list[tuple[int, bytes]]:
@@ -195,6 +199,7 @@ class Loop:
             log.warning("answer from node %s refused, nothing stored: %s", node, exc)
             return
         view = self._box(answer.box_id)
+        self._renewal(answer)
         for sha in answer.confirmed:
             view.owed.pop(sha, None)
         for check in answer.manifest_checks:
@@ -216,6 +221,28 @@ class Loop:
         view.last = {"node_id": node, "last_contact_at": now, "model_version": answer.model_version, "outbox": answer.outbox,
                      "last_update": None if receipt is None else receipt.as_dict() | {"bytes": len(answer.ciphertext or b""), "at": now},
                      "release_result": rr, "manifest_checks": list(answer.manifest_checks)[-3:]}
+
+    def _renewal(self, answer: Answer) -> None:
+        """Pass a box's renewal request to the authority's process, and forget it once the box presents the renewed certificate."""
+        request, kit_path = service.renewal_paths(self.paths, answer.box_id)
+        if kit_path.exists():
+            from cryptography import x509
+
+            from provisioning.kit import parse_kit
+
+            try:
+                issued = parse_kit(kit_path.read_bytes()).certificate.serial_number
+                presented = x509.load_pem_x509_certificate(answer.certificate.encode()).serial_number
+            except (MammoError, ValueError):
+                return
+            if issued == presented:
+                kit_path.unlink(missing_ok=True)
+                request.unlink(missing_ok=True)
+                log.info("box %s now presents its renewed certificate", answer.box_id)
+        elif answer.renewal and not request.exists():
+            request.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            service.write_json(request, answer.renewal)
+            log.info("box %s asks for a renewed certificate", answer.box_id)
 
     def _ca(self) -> Any:
         from cryptography import x509
