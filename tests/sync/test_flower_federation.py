@@ -30,7 +30,8 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def fed(tmp_path_factory: pytest.TempPathFactory):
     f = LocalFederation.create(tmp_path_factory.mktemp("federation"), 3, buffer_k=3, deadline_s=6, min_updates=1, max_staleness=8,
-                               poll_s=1.0, admit_every_s=2.0, reply_timeout_s=20.0)
+                               poll_s=1.0, admit_every_s=2.0, reply_timeout_s=20.0,
+                               box_env={"MAMMO_SYNC_RENEW_DAYS": "30"})  # every box renews its 30-day certificate at its first syncs
     f.start_coordinator()
     yield f
     f.close()
@@ -89,6 +90,8 @@ def test_three_boxes_over_tls_each_update_aggregated_once_and_the_signed_release
         assert [shas[i]] in verified  # the box found its own update in a signed round manifest
         activation = fed.boxes[i].db.execute("SELECT selftest FROM model_activations ORDER BY id DESC LIMIT 1").fetchone()[0]
         assert json.loads(activation)["signed_by"].startswith("federation key")
+    for i in range(3):  # renewal at sync: each box asked, the coordinator's authority issued, the box installed the new kit
+        wait_for(f"box {i}'s renewed certificate", lambda i=i: _audit(fed, i, "sync_certificate_renewed"), 60)
     # The coordinator's HE context has no secret key.
     assert not he_material.load_context(fed.paths.public_context.read_bytes(), need_secret=False).is_private()
     # The SuperLink speaks TLS with a certificate from the federation CA (and a client trusting another CA is refused).
