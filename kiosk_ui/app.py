@@ -35,9 +35,11 @@ from edge_agent.errors import (
     TooManyAttempts,
     UploadRejected,
 )
+from edge_agent.pacs import dicomweb
+from edge_agent.pacs import service as pacs
 from edge_agent.reporting import state as report_state
 from edge_agent.settings import Settings
-from kiosk_ui import auth, clinic_time, referral, throttle, wording
+from kiosk_ui import auth, clinic_time, pacs_link, referral, throttle, wording
 from kiosk_ui.i18n import LANGUAGES, catalog, decimal, percent, person_name, pick_language, upper
 from kiosk_ui.model_info import drawn_heatmaps, performance_lines
 from kiosk_ui.records import BIRADS, DENSITIES, STATUSES, TRIAGES, AuditQuery, FeedbackInput, ReportInput, Session, WorklistQuery
@@ -207,7 +209,8 @@ async def study(request: Request, uid: FromPath[str]) -> Template:
     return _page(request, "study.html", session, study=view, model=model, overlays=drawn_heatmaps(view, model), birads=BIRADS,
                  densities=DENSITIES, recommendations=RECOMMENDATIONS, biopsy_results=BIOPSY_RESULTS,
                  saved=saved if saved in ("feedback", "report", "closed", "reopened") else "",
-                 deliveries=report_state.kiosk_lines(svc.db, uid, _lang(request)), deliveries_title=report_state.KIOSK_TITLE.get(_lang(request), ""))
+                 deliveries=report_state.kiosk_lines(svc.db, uid, _lang(request)), deliveries_title=report_state.KIOSK_TITLE.get(_lang(request), ""),
+                 exports=pacs_link.export_lines(pacs.export_states(svc.db, uid), catalog(_lang(request))))
 
 
 @get("/studies/{uid:str}/state.json")
@@ -319,9 +322,46 @@ async def referral_pdf(request: Request, uid: FromPath[str]) -> Response:
     pdf = referral.build(view, model, t, ctx, thumb)
     svc.audit(session.user.username, "print_referral" if print else "export_referral", uid, f"{len(pdf)} bytes")
     svc.mark_referred(session.user, uid)
+    pacs_link.refer(svc.ingest.queue, svc.settings, uid, session.user.username)  # the care team's PACS gets the images (once)
     disposition = "inline" if print else "attachment"
     name = f"sevk-{view.pseudonym[:12]}.pdf"
     return Response(pdf, media_type="application/pdf", headers={"Content-Disposition": f'{disposition}; filename="{name}"', "Cache-Control": "no-store"})
+
+
+# -- schedule screening (modality worklist) ----------------------------------------------------------
+SCHEDULE_FIELDS = ("patient_id", "surname", "given", "birth_date", "accession", "scheduled")
+
+
+def _schedule_page(request: Request, session: Session, form: pacs_link.ScheduleForm, problems: list[str], status_code: int = 200,
+                   done: bool = False) -> Template:
+    svc = _services(request)
+    entries = pacs.worklist_today(svc.ingest.worklist)
+    svc.audit(session.user.username, "view_schedule", None, f"{len(entries)} entr(ies)")
+    return _page(request, "schedule.html", session, status_code=status_code, form=form, problems=problems, entries=entries, done=done,
+                 today=svc.ingest.worklist.today())
+
+
+@get("/schedule")
+async def schedule_form(request: Request) -> Template:
+    session = _session(request, "schedule")
+    return _schedule_page(request, session, pacs_link.ScheduleForm(), [], done=_q(request, "done") == "1")
+
+
+@post("/schedule", request_max_body_size=FORM_MAX_BYTES)
+async def schedule(request: Request) -> Response:
+    session = _session(request, "schedule")
+    form = await _form(request)
+    _check_csrf(session, form)
+    entry = pacs_link.ScheduleForm(**{k: _field(form, k)[:64] for k in SCHEDULE_FIELDS})
+    problems = pacs_link.schedule(_services(request).ingest.worklist, entry, session.user.username)
+    if problems:
+        return _schedule_page(request, session, entry, problems, status_code=400)
+    return Redirect("/schedule?done=1", status_code=303)
+
+
+def _dicomweb_user(request: Request) -> str:
+    """DICOMweb's ``authorize``: the kiosk's own session cookie and the 'study' permission; 401/403 otherwise (never a redirect)."""
+    return _session(request, "study").user.username
 
 
 # -- upload and audit ------------------------------------------------------------------------------
@@ -386,7 +426,7 @@ async def unlock_user(request: Request, name: FromPath[str]) -> Response:
 # -- errors ------------------------------------------------------------------------------------------
 def _wants_page(request: Request) -> bool:
     p = request.url.path
-    return not (p.endswith(".png") or p.endswith(".json"))
+    return not (p.endswith(".png") or p.endswith(".json") or p.startswith("/dicomweb/"))
 
 
 def on_kiosk_error(request: Request, exc: KioskError) -> Response:
@@ -470,6 +510,7 @@ def create_app(settings: Settings, services: KioskServices, *, debug: bool = Fal
     return Litestar(
         route_handlers=[index, login_form, login, logout, set_language, worklist, study, study_state, statusbar, view_image, view_heatmap,
                         feedback, radiology_report, close_study, recalls_page, next_unseen, referral_pdf, upload_form, upload, audit_page, users_page, add_user, unlock_user,
+                        schedule_form, schedule, dicomweb.router(_dicomweb_user, services.ingest),
                         create_static_files_router("/static", directories=[HERE / "static"], cache_control=None)],
         template_config=TemplateConfig(engine=JinjaTemplateEngine.from_environment(jinja_environment(settings.timezone))),
         exception_handlers={KioskError: on_kiosk_error, HTTPException: on_http_error, Exception: on_internal_error},

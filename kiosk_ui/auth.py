@@ -21,10 +21,10 @@ ROLES = ("doctor", "technician", "radiologist", "admin")
 
 # What each role may do; checked on every route.
 PERMISSIONS: dict[str, frozenset[str]] = {
-    "doctor": frozenset({"worklist", "study", "feedback", "referral", "report", "upload"}),
+    "doctor": frozenset({"worklist", "study", "feedback", "referral", "report", "upload", "schedule"}),
     "radiologist": frozenset({"worklist", "study", "feedback", "referral", "report"}),
-    "technician": frozenset({"worklist", "upload"}),
-    "admin": frozenset({"worklist", "study", "referral", "upload", "audit", "users"}),
+    "technician": frozenset({"worklist", "upload", "schedule"}),
+    "admin": frozenset({"worklist", "study", "referral", "upload", "audit", "users", "schedule"}),
 }
 
 MIN_PASSWORD_LENGTH = 10
