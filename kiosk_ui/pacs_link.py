@@ -11,12 +11,18 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from edge_agent.errors import PacsError
 from edge_agent.pacs import service as pacs
 from edge_agent.pacs.outbox import ExportState
 from edge_agent.pacs.worklist import check_entry
 from kiosk_ui.i18n import Catalog, tr_upper
+
+if TYPE_CHECKING:
+    from edge_agent.pacs.worklist import WorklistBook
+    from edge_agent.queue import JobQueue
+    from edge_agent.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +39,7 @@ class ExportLine:
     text: str
 
 
-def refer(queue, settings, study_uid: str, username: str) -> list[ExportState]:
+def refer(queue: JobQueue, settings: Settings, study_uid: str, username: str) -> list[ExportState]:
     """Queue a referred study to every identified PACS; a PACS problem never stops the printed referral (it is logged)."""
     try:
         return pacs.refer_to_pacs(queue, settings, study_uid, requested_by=username)
@@ -94,7 +100,7 @@ def missing_name_part(form: ScheduleForm) -> bool:
     return not form.surname.strip() or not form.given.strip()
 
 
-def schedule(book, form: ScheduleForm, username: str) -> list[str]:
+def schedule(book: WorklistBook, form: ScheduleForm, username: str) -> list[str]:
     """Put the woman on the worklist; [] when done, else the catalog keys of what to fix."""
     if missing_name_part(form):  # "ÇELİK^" passes the box's check; the kiosk asks for both, and names every other problem too
         try:
