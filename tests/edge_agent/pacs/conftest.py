@@ -51,7 +51,13 @@ class LoopbackPacs:
         with self._lock:
             if self.refuse_after is not None and len(self.arrivals) >= self.refuse_after:
                 return 0xA700
-            ds = pydicom.dcmread(io.BytesIO(event.encoded_dataset(include_meta=True)))
+            # The box's own receiver (edge_agent.ingest.scp) switches pynetdicom, process-wide, to writing each incoming
+            # dataset to a file; then the event holds a path and no encoded bytes. Read whichever this process gives.
+            path = getattr(event, "dataset_path", None)
+            if path is not None:
+                ds = pydicom.dcmread(path)
+            else:
+                ds = pydicom.dcmread(io.BytesIO(event.encoded_dataset(include_meta=True)))
             self.arrivals.append(str(ds.SOPInstanceUID))
             self.received[str(ds.SOPInstanceUID)] = ds
             self.callers.append(event.assoc.requestor.ae_title.strip())
