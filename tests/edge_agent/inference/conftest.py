@@ -13,21 +13,7 @@ from edge_agent.inference.worker import InferenceHandler
 from edge_agent.ingest import mg
 from edge_agent.ingest.image_store import ImageStore
 from edge_agent.ingest.service import IngestPaths, IngestService
-from models.release_files import default_release_dir
 from models.runtime import Screener
-from models.selftest import SELFTEST_FILE, build_selftest
-
-
-@pytest.fixture(scope="session")
-def shipped_dir(tmp_path_factory) -> Path:
-    """A folder shaped like models/release holding a copy of the newest shipped release."""
-    root = tmp_path_factory.mktemp("release")
-    src = default_release_dir()
-    dst = root / src.name
-    shutil.copytree(src, dst)
-    if not (dst / SELFTEST_FILE).exists():
-        build_selftest(dst)
-    return root
 
 
 @pytest.fixture

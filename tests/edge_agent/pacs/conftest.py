@@ -8,7 +8,6 @@ C-STORE after some number of objects (the moment it went down mid-export).
 from __future__ import annotations
 
 import io
-import shutil
 import socket
 import threading
 from dataclasses import dataclass, field
@@ -25,9 +24,7 @@ from edge_agent.ingest import mg
 from edge_agent.ingest.service import IngestService
 from edge_agent.settings import Settings
 from edge_agent.worker import Worker
-from models.release_files import default_release_dir
 from models.runtime import Screener
-from models.selftest import SELFTEST_FILE, build_selftest
 
 VERIFICATION = "1.2.840.10008.1.1"
 
@@ -100,17 +97,6 @@ def pacs():
     yield factory
     for p in made:
         p.stop()
-
-
-@pytest.fixture(scope="session")
-def shipped_dir(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("release")
-    src = default_release_dir()
-    dst = root / src.name
-    shutil.copytree(src, dst)
-    if not (dst / SELFTEST_FILE).exists():
-        build_selftest(dst)
-    return root
 
 
 @dataclass

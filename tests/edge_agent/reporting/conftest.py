@@ -4,7 +4,6 @@ endpoint and the SMS gateway (they cannot run here; the box talks to them over r
 from __future__ import annotations
 
 import json
-import shutil
 import threading
 import time
 from dataclasses import dataclass, field
@@ -24,9 +23,7 @@ from edge_agent.ingest.service import IngestPaths, IngestService
 from edge_agent.settings import Settings
 from edge_agent.store import transaction
 from edge_agent.worker import Worker
-from models.release_files import default_release_dir
 from models.runtime import Screener
-from models.selftest import SELFTEST_FILE, build_selftest
 
 # -- the FHIR endpoint -------------------------------------------------------------------------------
 
@@ -185,17 +182,6 @@ def sms_server():
 
 
 # -- a box that screens ------------------------------------------------------------------------------
-
-@pytest.fixture(scope="session")
-def shipped_dir(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("release")
-    src = default_release_dir()
-    dst = root / src.name
-    shutil.copytree(src, dst)
-    if not (dst / SELFTEST_FILE).exists():
-        build_selftest(dst)
-    return root
-
 
 def box_settings(tmp_path: Path, **env: str) -> Settings:
     base = {"MAMMO_HOME": str(tmp_path / "home"), "MAMMO_KEYSTORE_PASSPHRASE": "test-passphrase", "MAMMO_QUEUE_BACKOFF_BASE_S": "0.01",
