@@ -5,7 +5,6 @@ Real app (Litestar's TestClient), real SQLite file, real Argon2 (cheap parameter
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import re
 import threading
@@ -19,6 +18,7 @@ from edge_agent.ingest import mg
 from kiosk_ui import signin
 from kiosk_ui.app import create_app
 from kiosk_ui.auth import Passwords
+from kiosk_ui.clinic_time import local
 from kiosk_ui.services import KioskServices
 
 from .conftest import PASSWORDS, Kiosk, make_kiosk, message_of, sign_in
@@ -164,7 +164,7 @@ def test_a_flood_of_failed_sign_ins_gets_429_and_real_entries_stay_findable(kios
         assert ("doktor", "view_study", uid[:24]) not in rows("")
         assert rows("?user=DOKTOR&action=view_study") == [("doktor", "view_study", uid[:24])]
         assert rows(f"?study={uid}&action=view_study") == [("doktor", "view_study", uid[:24])]
-        today = dt.date.fromtimestamp(kiosk.clock.now)
+        today = local(kiosk.clock.now, kiosk.settings.timezone).date()  # the clinic's day, not the machine's (UTC)
         assert ("doktor", "view_study", uid[:24]) in rows(f"?user=doktor&from={today}&to={today}")
         assert rows(f"?user=doktor&from={today.replace(year=today.year + 1)}") == []
 
