@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from models.errors import ReleaseError, RuntimeUnavailable
-from models.explain import cam_from_outputs
+from models.explain import cam_from_outputs, sigmoid
 from models.preprocess import Preprocessed, WorkImage, heatmap_to_original, preprocess
 from models.release_files import Release, load_release, suspicion, triage
 
@@ -63,10 +63,6 @@ def stack_input(image: np.ndarray, other: np.ndarray | None, channels: int) -> n
         return x[None, None]
     o = x if other is None else np.ascontiguousarray(other, np.float32)
     return np.stack([x, o])[None]
-
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-x))
 
 
 class _Onnx:
@@ -221,10 +217,10 @@ class Screener:
         """:meth:`score` after preprocessing (the box times the two apart)."""
         other = o.image if o is not None else None
         logits, lmap = self.raw(p.image, other)
-        probs = _sigmoid(logits.astype(np.float64))
+        probs = sigmoid(logits.astype(np.float64))
         p_other = None
         if other is not None:
-            p_other = float(_sigmoid(float(self.raw(other, p.image)[0][0])))
+            p_other = float(sigmoid(float(self.raw(other, p.image)[0][0])))
         pts = self.release.operating_points
         s = suspicion(float(probs[0]), p_other, pts.beta, pts.fallback_p_other)
         g = p.geometry

@@ -183,8 +183,11 @@ def decrypt(home: Path, request: DecryptRequest) -> DecryptAnswer:
 
 
 def _active_version(settings: Settings, db: sqlite_utils.Database) -> str | None:
-    row = db.execute("SELECT version FROM model_activations ORDER BY id DESC LIMIT 1").fetchone()
-    return str(row[0]) if row else None
+    """The release the box screens with, as the federation knows it: for the box's own adaptation, the release it came from."""
+    from edge_agent.inference.activation import ModelRegistry
+
+    act = ModelRegistry(db, settings).active()
+    return act.generation if act else None
 
 
 def _take_release(settings: Settings, db: sqlite_utils.Database, poll: Poll) -> dict[str, Any]:

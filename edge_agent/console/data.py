@@ -360,7 +360,7 @@ class ModelsView:
 def _registry(box: Box) -> Any:
     from edge_agent.inference.activation import ModelRegistry
 
-    return ModelRegistry(box.db, box.settings)
+    return ModelRegistry(box.db, box.settings, keystore=box.keystore)
 
 
 def models(box: Box, history: int = 5) -> ModelsView:
@@ -375,7 +375,7 @@ def models(box: Box, history: int = 5) -> ModelsView:
     from edge_agent.learning import ledger
 
     active = hist[-1] if hist else None
-    training = ledger.status(box.db, active.version) if active else None
+    training = ledger.status(box.db, active.generation) if active else None
     if training is not None and training.get("epsilon_budget") is None:  # no round yet: the budget the settings give
         training.update(epsilon_budget=box.settings.train_epsilon_budget, epsilon_left=box.settings.train_epsilon_budget)
     return ModelsView(tuple(reg.releases()), tuple(reversed(hist[-history:])), active, trust, error, training)

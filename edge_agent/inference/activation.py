@@ -12,6 +12,11 @@ the box (:class:`ReleaseTrust`)::
                                                   (models/release/PINNED_RELEASE_KEYS.pem): only the
                                                   releases shipped with the software run
 
+    this box's own adaptation                     the box's local release key (derived from its keystore,
+    (``model.json["local"]``)                     never stored) -- and only when the release it was
+                                                  derived from is one this box trusts by the rows above,
+                                                  unchanged, and the evaluation gate said "serve"
+
 There is no "no key, no check": an unsigned release is refused everywhere.
 Activation verifies the files and the signature, runs the release's bundled
 self-test on the runtime of the box's active hardware profile (opened exactly
@@ -55,19 +60,22 @@ from provisioning.kit import SigningKey
 
 if TYPE_CHECKING:
     from models.runtime import Screener
+    from provisioning.keystore import Keystore
 
 log = logging.getLogger(__name__)
 
 SHIPPED_DIR = Path(__file__).resolve().parents[2] / "models" / "release"
 PINNED_KEYS_FILE = SHIPPED_DIR / "PINNED_RELEASE_KEYS.pem"
 SIGNATURE_FILE = "manifest.sig"
+LOCAL = "local"  # model.json key of a release this box derived from its own gate-approved adaptation (edge_agent.learning.serve)
+LOCAL_KEY_PURPOSE = "local-release-signing"
 
 
 @dataclass(frozen=True)
 class ModelVersion:
     version: str
     path: Path
-    source: str  # shipped | installed
+    source: str  # shipped | installed | local (this box's own adaptation)
     active: bool
 
 
@@ -81,6 +89,12 @@ class Activation:
     activated_by: str
     reason: str
     selftest: dict[str, Any]
+
+    @property
+    def generation(self) -> str:
+        """The release this model's privacy ledger, updates and coordinator answers belong to: itself, or, for the box's own
+        adaptation, the release it was adapted from (local adaptation does not start a new model generation)."""
+        return federation_version(self.path, self.version)
 
 
 def _sort_key(p: Path) -> tuple[int, ...]:
@@ -207,6 +221,34 @@ def sign_release(folder: Path, key: Ed25519PrivateKey) -> Path:
     return out
 
 
+def local_release_key(keystore: Keystore) -> Ed25519PrivateKey:
+    """The box's own release key: derived from its keystore's master key, so it exists on this box only and is never stored.
+
+    It signs nothing but this box's gate-approved adaptations of a release the
+    box already trusts (see ``ModelRegistry``); no other box trusts it.
+    """
+    return Ed25519PrivateKey.from_private_bytes(keystore.secret(LOCAL_KEY_PURPOSE))
+
+
+def _info(path: Path) -> dict[str, Any]:
+    try:
+        info = json.loads((path / "model.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return info if isinstance(info, dict) else {}
+
+
+def is_local(path: Path) -> bool:
+    """Whether the release folder is this box's own adaptation (its files are verified later, with its signature)."""
+    return isinstance(_info(path).get(LOCAL), dict)
+
+
+def federation_version(path: Path, version: str) -> str:
+    """The release a box reports to its coordinator: for its own adaptation, the release that adaptation was derived from."""
+    local = _info(path).get(LOCAL)
+    return str(local.get("base_version", version)) if isinstance(local, dict) else version
+
+
 # --- the self-test, on the box's own runtime --------------------------------------------------------
 
 
@@ -303,13 +345,16 @@ class ModelRegistry:
     ones in the box; tests pass their own (another pinned key, a TFLite profile, a later date) instead of patching."""
 
     def __init__(self, db: sqlite_utils.Database, settings: Settings, shipped_dir: Path = SHIPPED_DIR, *,
-                 pinned_keys: Path = PINNED_KEYS_FILE, profiles_dir: Path = PROFILE_DIR, clock: Callable[[], float] = time.time) -> None:
+                 pinned_keys: Path = PINNED_KEYS_FILE, profiles_dir: Path = PROFILE_DIR, clock: Callable[[], float] = time.time,
+                 keystore: Keystore | None = None) -> None:
+        """``keystore``: the box's unlocked keystore, needed only to verify (or run) the box's own adapted releases."""
         self.db = db
         self.settings = settings
         self.shipped_dir = shipped_dir
         self.pinned_keys = pinned_keys
         self.profiles_dir = profiles_dir
         self.clock = clock
+        self.local_key = local_release_key(keystore).public_key() if keystore is not None else None
 
     def trust(self) -> ReleaseTrust:
         """Read at each use: enrolling the box (installing a kit) changes it while the daemon runs."""
@@ -320,7 +365,52 @@ class ModelRegistry:
 
     def verify(self, path: Path) -> tuple[Release, str]:
         """A release this box may run now (files, then the signature its trust requires)."""
-        return verify_release(path, self.trust(), self.now())
+        release, digest, _ = self.verify_signed(path, self.trust())
+        return release, digest
+
+    def verify_signed(self, path: Path, trust: ReleaseTrust) -> tuple[Release, str, str]:
+        """(release, manifest SHA-256, signer) of a release this box may run now; ModelError saying why not otherwise."""
+        if is_local(path):
+            return self._verify_local(path, trust)
+        return verify_release_signed(path, trust, self.now())
+
+    def _verify_local(self, path: Path, trust: ReleaseTrust) -> tuple[Release, str, str]:
+        """The box's own adaptation: its key's signature, a base this box trusts now and unchanged, and the gate's "serve"."""
+        try:
+            release = load_release(path, verify=True)
+        except (ReleaseError, OSError, ValueError, KeyError) as exc:
+            raise ModelError(f"Locally adapted model {path.name} refused: {exc}") from exc
+        if self.local_key is None:
+            raise ModelError(f"{release.version} is this box's own adapted model; only the box that made it can verify it, with its keystore "
+                             "unlocked. Fix: run this through the box's own commands (`mammo model ...`), or activate a signed release.")
+        manifest = (path / "manifest.json").read_bytes()
+        sig_path = path / SIGNATURE_FILE
+        try:
+            self.local_key.verify(base64.b64decode(sig_path.read_bytes().strip(), validate=True) if sig_path.exists() else b"", manifest)
+        except (InvalidSignature, binascii.Error, ValueError):
+            raise ModelError(f"Locally adapted model {release.version} refused: its signature does not verify with this box's local release "
+                             "key (it was altered, or made on another box). Fix: activate a signed release (`mammo model list`).") from None
+        local = release.info[LOCAL]
+        gate = local.get("gate") or {}
+        if gate.get("decision") != "serve":
+            raise ModelError(f"Locally adapted model {release.version} refused: the evaluation gate did not approve it ({gate.get('reason', 'no gate record')}).")
+        base_version, base_digest = str(local.get("base_version", "")), str(local.get("base_manifest_sha256", ""))
+        bases = [r.path for r in self.releases() if r.version == base_version and r.source != "local"]
+        if not bases:
+            raise ModelError(f"Locally adapted model {release.version} refused: the release it was adapted from ({base_version}) is no longer on "
+                             "this box. Fix: activate a signed release (`mammo model list`).")
+        reasons = []
+        for base in bases:
+            try:
+                _, digest, signer = verify_release_signed(base, trust, self.now())
+            except ModelError as exc:
+                reasons.append(str(exc))
+                continue
+            if digest == base_digest:
+                return release, hashlib.sha256(manifest).hexdigest(), f"this box's local key (adapted from {base_version}, {signer})"
+            reasons.append(f"{base} has changed since the adaptation was made (manifest {digest[:12]} != {base_digest[:12]})")
+        raise ModelError(f"Locally adapted model {release.version} refused: the release it was adapted from is not one this box trusts now: "
+                         + " | ".join(reasons))
 
     def releases(self) -> list[ModelVersion]:
         active = self.active()
@@ -329,7 +419,7 @@ class ModelRegistry:
             if not root.is_dir():
                 continue
             for p in sorted((p for p in root.iterdir() if (p / "manifest.json").exists()), key=_sort_key):
-                out.append(ModelVersion(p.name, p, source, active is not None and active.path == p))
+                out.append(ModelVersion(p.name, p, "local" if source == "installed" and is_local(p) else source, active is not None and active.path == p))
         return out
 
     def find(self, version_or_path: str) -> Path:
@@ -360,7 +450,7 @@ class ModelRegistry:
         """Verify, self-test on the active hardware profile (or on ``backend`` when a tool names one), then activate."""
         path = self.find(version_or_path)
         trust = self.trust()
-        release, digest, signer = verify_release_signed(path, trust, self.now())
+        release, digest, signer = self.verify_signed(path, trust)
         selftest = run_selftest(release, self.selftest_runtime(backend, threads), self.settings.infer_selftest_tolerance)
         selftest["signed_by"] = signer
         now = time.time()
@@ -396,6 +486,7 @@ class ModelRegistry:
         if current is not None:
             return current
         candidates = [r for r in reversed(self.releases()) if r.source == "installed"] + [r for r in reversed(self.releases()) if r.source == "shipped"]
+        # (never the box's own adaptation at first start: it serves only on the gate's word, right after its round)
         if not candidates:
             raise ModelError(f"No model release is shipped under {self.shipped_dir}; the box cannot screen. Reinstall the box software.")
         refused = []

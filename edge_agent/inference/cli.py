@@ -72,7 +72,7 @@ def _who() -> str:
 def _registry(box: Box) -> ModelRegistry:
     from edge_agent.inference.activation import ModelRegistry
 
-    return ModelRegistry(box.db, box.settings)
+    return ModelRegistry(box.db, box.settings, keystore=box.keystore)
 
 
 def cmd_list(args: argparse.Namespace) -> int:

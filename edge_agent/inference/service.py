@@ -93,7 +93,7 @@ def make_handler(box: Box, choice: Choice, profiles: dict[str, Profile], delegat
     db = open_database(box.settings.db_path, max_size_mb=box.settings.db_max_size_mb)
     queue = JobQueue(db, retry_policy(box.settings))
     store = ImageStore(IngestPaths.of(box.settings).images, box.keystore.master_key())
-    registry = ModelRegistry(db, box.settings)
+    registry = ModelRegistry(db, box.settings, keystore=box.keystore)
 
     def factory(release: Release) -> Screener:
         opened = open_on_profile(release, choice.profile, profiles, delegate)
@@ -110,7 +110,7 @@ def start_workers(box: Box, stop: threading.Event, *, backend: str | None = None
     return_large_buffers()  # a view decoded here (not handed over by ingest) leaves with its buffers (see edge_agent.ingest.memory)
     choice, profiles, delegate = choose_profile(box)
     log.info("hardware profile %s: %s", choice.profile.name, dict(choice.reasons).get(choice.profile.name))
-    ModelRegistry(box.db, box.settings).ensure_active()
+    ModelRegistry(box.db, box.settings, keystore=box.keystore).ensure_active()
     views = ViewCache(choice.profile.threads)
     handlers, threads = [], []
     for i in range(choice.profile.workers):

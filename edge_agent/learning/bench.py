@@ -122,7 +122,7 @@ def train_bench(n_studies: int = 48, steps: int = 60, n_screening: int = 6, widt
                 box.queue.ack(job, within=handler()(job))
 
             # --- DP round vs the plain peer on the same features ---------------------------------------------------
-            model = runner.active_model(box.db, settings)
+            _, model = runner.active_model(box.db, settings)
             train_ex, _ = examples.split(examples.examples(box.db), settings.train_holdout_fraction)
             t = time.perf_counter()
             feats = runner._features(model.net, box.db, store, [(e.study_uid, e.label) for e in train_ex], model.release.input_size, lambda: False)

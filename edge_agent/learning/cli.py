@@ -45,7 +45,7 @@ def _status(settings: Any) -> dict[str, Any]:
     db = open_database(settings.db_path, max_size_mb=settings.db_max_size_mb)
     try:
         act = ModelRegistry(db, settings).active()
-        version = act.version if act else None
+        version = act.generation if act else None
         out = ledger.status(db, version)
         if out.get("epsilon_budget") is None and version is not None:  # no round yet: the budget the settings give
             out.update(epsilon_budget=settings.train_epsilon_budget, delta=settings.train_delta, epsilon_left=settings.train_epsilon_budget)

@@ -8,13 +8,10 @@ the active model's by ``margin``, with at least ``min_cases`` positive and
 negative held-back studies each; otherwise it is only an update candidate for
 federated sync. The comparison is recorded with the round (``ledger.record_gate``).
 
-Serving: a box runs only releases signed by its federation (or the project's
-pinned key), activated through ``edge_agent.inference.activation``; the box
-holds no key that may sign a release, so a model adapted here cannot be
-activated by the box alone. A "serve" decision is recorded with the adapted
-weights' path, for the coordinator (or a technician with the signing key) to
-build and sign a box-specific release from; until then the box screens with
-the active release.
+Serving: a "serve" verdict is acted on by ``serve``: the box builds the
+adapted release, signs it with its own local key and activates it through
+``edge_agent.inference.activation`` (signature, base, self-test), so the box
+screens with it from its next study.
 """
 
 from __future__ import annotations

@@ -17,9 +17,14 @@
    ``train_resume_idle_s``; a closed window or SIGTERM ends the process with
    the round paused, and the next run resumes it;
 5. judge the adapted part against the active one on the held-back women
-   (``gate``), place the update through the sink (idempotent by the round
-   id, so a crash between placing and recording places it once), and close
-   the round in the ledger.
+   (``gate``); on "serve", build, sign with the box's local key and activate
+   the adapted release (``serve``); place the update through the sink
+   (idempotent by the round id, so a crash between placing and recording
+   places it once), and close the round in the ledger.
+
+Rounds always train from the release the federation knows (the active one,
+or the base of the box's own adaptation when that is active), so the ledger's
+generation and each update's base are the federation's release.
 
 The process runs only on idle CPU time (``SCHED_IDLE``, else nice 19) with
 one torch thread: screening keeps the box.
@@ -29,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import fcntl
+import functools
 import json
 import logging
 import os
@@ -55,6 +61,7 @@ if TYPE_CHECKING:
     from edge_agent.ingest.image_store import ImageStore
     from models.dp import StudySet
     from models.release_files import Release
+    from provisioning.keystore import Keystore
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +91,8 @@ class RunOutcome:
     epsilon_left: float | None = None
     update_id: str | None = None
     gate: dict[str, Any] | None = None
+    gate_compared_with: str | None = None  # the model the adapted one had to beat: the one screening when the round ended
+    served: dict[str, Any] | None = None  # what became of a "serve" verdict (serve.Served)
     seconds: dict[str, float] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
@@ -119,23 +128,48 @@ class _Model:
     version: str
     release: Release
     net: nn.Module
+    manifest_sha256: str
 
 
-def active_model(db: sqlite_utils.Database, settings: Settings) -> _Model:
-    """The active release (verified as inference verifies it) and its fp32 network."""
+def active_model(db: sqlite_utils.Database, settings: Settings, keystore: Keystore | None = None) -> tuple[_Model, _Model]:
+    """(the active release, the release rounds train from), each verified as inference verifies it, with its fp32 network.
+
+    The same model unless the active one is the box's own adaptation: then
+    rounds train from its base (``Activation.generation``), and the gate
+    compares with the adaptation that is serving. ``keystore`` is needed
+    only to verify the box's own adaptation.
+    """
+    from edge_agent.inference.activation import ModelRegistry
+
+    registry = ModelRegistry(db, settings, keystore=keystore)
+    act = registry.active() or registry.ensure_active()
+    active = _load(*registry.verify(act.path))
+    if act.generation == act.version:
+        return active, active
+    base = [r.path for r in registry.releases() if r.version == act.generation and r.source != "local"]
+    if not base:
+        raise TrainingError(f"The active model {act.version} was adapted from {act.generation}, which is no longer on this box; "
+                            "no round can train. Fix: activate a signed release (`mammo model list`).")
+    return active, _load(*registry.verify(base[-1]))
+
+
+def _load(release: Release, digest: str) -> _Model:
     import torch
 
-    from edge_agent.inference.activation import ModelRegistry
     from models.network import model_from_state_dict
 
-    registry = ModelRegistry(db, settings)
-    act = registry.active() or registry.ensure_active()
-    release, _ = registry.verify(act.path)
     try:
         net = model_from_state_dict(torch.load(release.file("model_fp32.pt"), map_location="cpu", weights_only=True))
     except (OSError, RuntimeError, KeyError) as exc:
         raise TrainingError(f"Model {release.version} has no usable fp32 weights ({exc}); local training needs model_fp32.pt.") from exc
-    return _Model(release.version, release, net)
+    return _Model(release.version, release, net, digest)
+
+
+def _active_is_local(db: sqlite_utils.Database, settings: Settings) -> bool:
+    from edge_agent.inference.activation import ModelRegistry, is_local
+
+    act = ModelRegistry(db, settings).active()
+    return act is not None and is_local(act.path)
 
 
 def plan(settings: Settings, n_train: int, prior: list[tuple[float, float, int]]) -> ledger.Plan:
@@ -251,8 +285,9 @@ def run(settings: Settings, *, force_window: bool = False, seed: int | None = No
         from edge_agent.store import open_database
 
         db = open_database(settings.db_path, max_size_mb=settings.db_max_size_mb)
+        keystore = functools.cache(lambda: open_keystore(settings, interactive=False))  # unlocked only when a round needs it
         try:
-            return _run(db, settings, lambda: open_keystore(settings, interactive=False).master_key(), force_window=force_window, seed=seed,
+            return _run(db, settings, keystore, force_window=force_window, seed=seed,
                         stop=stop or threading.Event(), wait_when_paused=wait_when_paused, sink=sink)
         finally:
             db.conn.close()
@@ -260,18 +295,18 @@ def run(settings: Settings, *, force_window: bool = False, seed: int | None = No
         lock.release()
 
 
-def _run(db: sqlite_utils.Database, settings: Settings, master_key: Callable[[], bytes], *, force_window: bool, seed: int | None,
+def _run(db: sqlite_utils.Database, settings: Settings, keystore: Callable[[], Keystore], *, force_window: bool, seed: int | None,
          stop: threading.Event, wait_when_paused: bool, sink: sinks.UpdateSink | None) -> RunOutcome:
     import torch
 
     from edge_agent.ingest.image_store import ImageStore
     from edge_agent.ingest.service import IngestPaths
     from models import dp
-    from models.trainable import TrainablePart, apply_delta
+    from models.trainable import TrainablePart
 
     t0 = time.perf_counter()
     seconds: dict[str, float] = {}
-    model = active_model(db, settings)
+    serving, model = active_model(db, settings, keystore() if _active_is_local(db, settings) else None)
     version = model.version
     ledger.ensure_generation(db, version, settings.train_epsilon_budget, settings.train_delta)
     state = box_state(db, settings, version)
@@ -301,7 +336,7 @@ def _run(db: sqlite_utils.Database, settings: Settings, master_key: Callable[[],
                  rnd.examples, rnd.noise_multiplier, rnd.sample_rate, rnd.steps, rnd.epsilon_round, rnd.epsilon_total)
     torch.set_num_threads(1)
     stopper = Preemption(db, stop)
-    store = ImageStore(IngestPaths.of(settings).images, master_key())
+    store = ImageStore(IngestPaths.of(settings).images, keystore().master_key())
     size = model.release.input_size
     t = time.perf_counter()
     labelled = ledger.round_studies(db, rnd.round_id)
@@ -363,29 +398,32 @@ def _run(db: sqlite_utils.Database, settings: Settings, master_key: Callable[[],
         ledger.mark(db, rnd.round_id, "running", steps_done=resume.step, detail="resumed")
     seconds["train"] = time.perf_counter() - t
 
-    from edge_agent.learning import gate
+    from edge_agent.learning import gate, serve
 
-    base = TrainablePart.from_model(model.net)
+    current = TrainablePart.from_model(serving.net)  # the model screening now: the base, or an earlier adaptation of it
     pts = model.release.operating_points
-    verdict = gate.judge(held.labels, gate.scores(base, held, pts.beta, pts.fallback_p_other),
+    verdict = gate.judge(held.labels, gate.scores(current, held, pts.beta, pts.fallback_p_other),
                          gate.scores(part, held, pts.beta, pts.fallback_p_other), settings.train_gate_margin, settings.train_gate_min_cases)
-    weights = None
+    served = None
     if verdict.decision == "serve":
-        weights = folder / "adapted" / f"{version}-{rnd.round_id}.pt"
-        weights.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        torch.save(apply_delta(model.net.state_dict(), spec, result.delta), weights)
+        t = time.perf_counter()
+        served = serve.serve(db, settings, keystore(), model.release, model.manifest_sha256, result.delta, rnd.round_id, verdict,
+                             examples=len(data), epsilon=rnd.epsilon_round)
+        seconds["serve"] = time.perf_counter() - t
+        notes.append(f"adapted model {served.version}: {served.reason}")
     update = sinks.build_update(update_id=rnd.round_id, base_model_version=version, names=spec.names, shapes=spec.shapes, delta=result.delta,
                                 example_count=len(data), epsilon=rnd.epsilon_round, delta_dp=rnd.delta, noise_multiplier=rnd.noise_multiplier,
                                 local_metrics=verdict.metrics())
     update_id = (sink or sinks.resolve(settings.train_update_sink))(db, settings.home, update)
     ledger.record_gate(db, rnd.round_id, verdict.decision, active_auc=verdict.active_auc, adapted_auc=verdict.adapted_auc,
                        margin=settings.train_gate_margin, n_studies=verdict.n_studies, n_positive=verdict.n_positive, reason=verdict.reason,
-                       weights_path=str(weights) if weights else None)
+                       weights_path=served.path if served else None)
     ledger.finish(db, rnd.round_id, update_id, steps_done=result.state.step, detail="; ".join([f"gate: {verdict.decision} ({verdict.reason})", *notes]))
     checkpoint.remove(ck)
     log.info("round %s done: update %s placed, gate %s", rnd.round_id[:8], update_id, verdict.decision)
-    return outcome("done", (f"update placed; gate: {verdict.decision} ({verdict.reason})",), rnd, steps_done=result.state.step,
-                   pauses=pauses, update_id=update_id, gate=ledger.gate_of(db, rnd.round_id))
+    return outcome("done", (f"update placed; gate: {verdict.decision} ({verdict.reason})", *(notes[-1:] if served else ())), rnd,
+                   steps_done=result.state.step, pauses=pauses, update_id=update_id, gate=ledger.gate_of(db, rnd.round_id),
+                   gate_compared_with=serving.version, served=served.as_dict() if served else None)
 
 
 def lower_priority() -> str:

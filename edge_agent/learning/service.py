@@ -89,8 +89,8 @@ def scheduled_check(home: str, config: str | None = None) -> subprocess.Popen[by
         if act is None:
             ledger.record_decision(db, False, ["no active model yet"], {})
             return None
-        ledger.ensure_generation(db, act.version, settings.train_epsilon_budget, settings.train_delta)
-        state = runner.box_state(db, settings, act.version)
+        ledger.ensure_generation(db, act.generation, settings.train_epsilon_budget, settings.train_delta)
+        state = runner.box_state(db, settings, act.generation)
         decision = policy.decide(state, runner.policy_config(settings))
         ledger.record_decision(db, decision.train, decision.reasons, {k: str(v) for k, v in vars(state).items()})
     finally:

@@ -64,3 +64,12 @@ def test_cam_is_zero_outside_the_breast(release_dir, images):
     heat = cam_from_outputs(lmap, masks[0])
     assert heat.shape == masks[0].shape
     assert np.all(heat[~masks[0]] == 0) and 0 <= heat.min() and heat.max() <= 1
+
+
+def test_a_clear_breast_with_very_negative_logits_gives_a_dark_heatmap_without_overflow():
+    """An adapted model's lesion map reached -200 on a clear breast; exp(200) overflowed float32 (a warning, so an error here)."""
+    logits = np.full((2, 8, 8), -200.0, np.float32)
+    logits[0, 3, 3] = 200.0
+    heat = cam_from_outputs(logits)
+    assert heat.dtype == np.float32 and np.isfinite(heat).all()
+    assert heat.min() == 0.0 and heat.max() == pytest.approx(1.0)

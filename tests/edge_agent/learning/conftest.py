@@ -179,4 +179,4 @@ def reference_round(clinic_template: Clinic, tmp_path_factory) -> dict:
     placed: list = []
     out = runner.run(c.settings(**ROUND), seed=SEED, sink=lambda db, home, update: placed.append(update) or update.update_id)
     assert out.status == "done", out
-    return {"outcome": out, "update": placed[0]}
+    return {"outcome": out, "update": placed[0], "clinic": c}
