@@ -24,6 +24,7 @@ from litestar.response import Redirect, Template
 from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
 
+from edge_agent import clinic_time
 from edge_agent.errors import (
     AuthError,
     CsrfError,
@@ -39,7 +40,7 @@ from edge_agent.pacs import dicomweb
 from edge_agent.pacs import service as pacs
 from edge_agent.reporting import state as report_state
 from edge_agent.settings import Settings
-from kiosk_ui import auth, clinic_time, pacs_link, referral, throttle, wording
+from kiosk_ui import auth, pacs_link, referral, throttle, wording
 from kiosk_ui.i18n import LANGUAGES, catalog, decimal, percent, person_name, pick_language, upper
 from kiosk_ui.model_info import drawn_heatmaps, performance_lines
 from kiosk_ui.records import BIRADS, DENSITIES, STATUSES, TRIAGES, AuditQuery, FeedbackInput, ReportInput, Session, WorklistQuery

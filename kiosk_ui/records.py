@@ -8,7 +8,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlencode
 
-from kiosk_ui.clinic_time import midnight
+from edge_agent.clinic_time import midnight
 
 STATUSES = ("receiving", "waiting", "analysing", "done", "incomplete", "failed")
 PENDING = frozenset({"receiving", "waiting", "analysing"})

@@ -23,7 +23,7 @@ from pathlib import Path
 import qrcode
 from fpdf import FPDF
 
-from kiosk_ui.clinic_time import fmt_time
+from edge_agent.clinic_time import fmt_time
 from kiosk_ui.i18n import Catalog, decimal, person_name
 from kiosk_ui.model_info import ModelInfo, drawn_heatmaps, performance_lines
 from kiosk_ui.records import StudyView

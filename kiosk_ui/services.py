@@ -22,6 +22,7 @@ from pathlib import Path
 import sqlite_utils
 
 from edge_agent import audit as audit_trail
+from edge_agent.clinic_time import day_start, local, midnight, parse_day
 from edge_agent.errors import AuthError, KioskError, NotFound, StoreError, TooManyAttempts
 from edge_agent.inference.activation import SHIPPED_DIR
 from edge_agent.ingest.image_store import ImageStore
@@ -31,7 +32,6 @@ from edge_agent.settings import Settings
 from edge_agent.store import open_database, transaction
 from kiosk_ui import auth, clinic_loop, imaging, model_info, signin, throttle, uploads
 from kiosk_ui.clinic_loop import STATUS_SQL as _STATUS_SQL
-from kiosk_ui.clinic_time import day_start, local, midnight, parse_day
 from kiosk_ui.i18n import search_fold
 from kiosk_ui.records import (
     AUDIT_PAGE_SIZE,

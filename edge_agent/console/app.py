@@ -315,11 +315,11 @@ class Console(App[None]):
         self.query_one("#enrolment-body", Static).update(views.enrolment(self.lang, data.enrolment(self.box.settings)))
 
     def _load_keys(self) -> None:
-        self.query_one("#keys-body", Static).update(views.keys(self.lang, data.keys(self.box.settings)))
+        self.query_one("#keys-body", Static).update(views.keys(self.lang, data.keys(self.box.settings), self.box.settings.timezone))
 
     def _load_sync(self) -> None:
         view = data.sync(self.box)
-        self.query_one("#sync-body", Static).update(views.sync(self.lang, view))
+        self.query_one("#sync-body", Static).update(views.sync(self.lang, view, self.box.settings.timezone))
         self.query_one("#sync-note", Static).update(f"[i]{t(self.lang, 'sync.none')}[/i]" if view.summary.last_sync_at is None else "")
         self.query_one("#sync-now", Button).disabled = not view.enabled
 
@@ -339,7 +339,7 @@ class Console(App[None]):
         for r in v.releases:
             table.add_row("[b green]●[/b green]" if r.active else "", r.version, t(lang, f"models.source.{r.source}"), escape(str(r.path))[-40:])
         _keep_cursor(table, row)
-        self.query_one("#models-body", Static).update(views.models(lang, v))
+        self.query_one("#models-body", Static).update(views.models(lang, v, self.box.settings.timezone))
 
     def action_activate(self) -> None:
         if self.current != "models" or self._models is None or not self._models.releases:
@@ -382,7 +382,7 @@ class Console(App[None]):
         table.clear(columns=True)
         table.add_columns(*(t(lang, f"audit.col.{c}") for c in ("seq", "at", "user", "action", "object")))
         for e in entries:
-            table.add_row(e.seq, views.when(e.at)[5:], escape(e.actor[:12]), escape(e.action[:16]), escape(" ".join(x for x in (e.object, e.details) if x)[:40]))
+            table.add_row(e.seq, views.when(e.at, self.box.settings.timezone)[5:], escape(e.actor[:12]), escape(e.action[:16]), escape(" ".join(x for x in (e.object, e.details) if x)[:40]))
         if not entries:
             table.add_row("", "", "", t(lang, "audit.empty"), "")
 

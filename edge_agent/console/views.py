@@ -8,10 +8,9 @@ error must not be read as markup.
 
 from __future__ import annotations
 
-import datetime as dt
-
 from rich.markup import escape
 
+from edge_agent.clinic_time import local
 from edge_agent.console.data import AuditVerdict, EnrolmentView, HardwareView, Health, KeysView, ModelsView, ProfileRun, SyncView
 from edge_agent.console.i18n import t
 
@@ -23,8 +22,9 @@ def size(n: int) -> str:
     return f"{n} B"
 
 
-def when(ts: float | None) -> str:
-    return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S") if ts else "-"
+def when(ts: float | None, tz: str) -> str:
+    """'2026-11-30 13:12:05' in the clinic's zone (settings.timezone), not the box's clock zone (often UTC); '-' for none."""
+    return local(ts, tz).strftime("%Y-%m-%d %H:%M:%S") if ts else "-"
 
 
 LABEL = 20
@@ -103,7 +103,7 @@ def enrolment(lang: str, e: EnrolmentView) -> str:
     return "\n".join(lines)
 
 
-def keys(lang: str, k: KeysView) -> str:
+def keys(lang: str, k: KeysView, tz: str) -> str:
     if k.demo:
         mode = f"[b reverse red] {t(lang, 'keys.demo', path=escape(str(k.passphrase_file)))} [/b reverse red]"
     else:
@@ -111,35 +111,35 @@ def keys(lang: str, k: KeysView) -> str:
     lines = [f"[b]{t(lang, 'keys.mode')}[/b]", f"  {mode}", "",
              _row(t(lang, "keys.keystore"), escape(str(k.keystore_path)) if k.keystore_exists else f"[red]{t(lang, 'keys.missing')}[/red]"),
              _row(t(lang, "enrolment.box"), escape(k.box_id or "-")),
-             _row(t(lang, "keys.created"), when(k.created_at)),
+             _row(t(lang, "keys.created"), when(k.created_at, tz)),
              _row(t(lang, "keys.protectors"), escape(", ".join(k.protectors) or "-")),
              _row(t(lang, "keys.kdf"), escape(k.kdf or "-")),
              "", f"{t(lang, 'keys.generate')}: {t(lang, 'yes' if k.generate_allowed else 'no')}"]
     return "\n".join(lines)
 
 
-def sync(lang: str, s: SyncView) -> str:
+def sync(lang: str, s: SyncView, tz: str) -> str:
     m = s.summary
     state = f"[green]{t(lang, 'sync.on')}[/green]" if s.enabled else f"[yellow]{t(lang, 'sync.off')}[/yellow] [dim]{escape(s.reason or '')}[/dim]"
-    waiting = t(lang, "sync.waiting_n", n=m.pending, kb=m.pending_bytes // 1024) + (f" [dim]{when(m.oldest_pending_at)[5:16]}[/dim]" if m.oldest_pending_at else "")
+    waiting = t(lang, "sync.waiting_n", n=m.pending, kb=m.pending_bytes // 1024) + (f" [dim]{when(m.oldest_pending_at, tz)[5:16]}[/dim]" if m.oldest_pending_at else "")
     lines = [_row(t(lang, "sync.state"), state), _row(t(lang, "sync.coordinator"), escape(s.coordinator or t(lang, "none"))),
-             _row(t(lang, "sync.waiting"), waiting), _row(t(lang, "sync.last"), when(m.last_sync_at)), _row(t(lang, "sync.last_ack"), when(m.last_ack_at))]
+             _row(t(lang, "sync.waiting"), waiting), _row(t(lang, "sync.last"), when(m.last_sync_at, tz)), _row(t(lang, "sync.last_ack"), when(m.last_ack_at, tz))]
     if m.model_version:
         lines.append(_row(t(lang, "sync.model"), escape(m.model_version)))
     if m.last_release:
         r = m.last_release
         verdict = t(lang, "sync.release_ok") if r.get("ok") else f"[red]{t(lang, 'sync.release_refused')}[/red] {escape(str(r.get('error', ''))[:60])}"
         lines.append(_row(t(lang, "sync.release"), f"{escape(str(r.get('version')))} {verdict}"))
-    lines += [f"  [dim]{when(e['placed_at'])[5:16]} {escape(str(e['update_id']))[:8]} {e['state']:<12} x{e['attempts']}[/dim]" for e in m.recent]
+    lines += [f"  [dim]{when(e['placed_at'], tz)[5:16]} {escape(str(e['update_id']))[:8]} {e['state']:<12} x{e['attempts']}[/dim]" for e in m.recent]
     if s.clinics:
         lines.append(f"[b]{t(lang, 'sync.clinics')}[/b]")
-        lines += [f"  {escape(c['box_id'])[:8]} {when(c.get('last_contact_at'))[5:16]} {escape(str(c.get('model_version') or '-'))[:14]:<14} "
+        lines += [f"  {escape(c['box_id'])[:8]} {when(c.get('last_contact_at'), tz)[5:16]} {escape(str(c.get('model_version') or '-'))[:14]:<14} "
                   f"{t(lang, 'sync.waiting_n', n=(c.get('outbox') or {}).get('pending', 0), kb=(c.get('outbox') or {}).get('pending_bytes', 0) // 1024)}"
                   for c in s.clinics[:6]]
     return "\n".join(lines)
 
 
-def models(lang: str, v: ModelsView) -> str:
+def models(lang: str, v: ModelsView, tz: str) -> str:
     a = v.active
     lines = [_row(t(lang, "models.active"), f"[b]{escape(a.version)}[/b]  [dim]{escape(str(a.path))}[/dim]" if a else t(lang, "models.none_active"))]
     if v.trust == "demo":
@@ -157,7 +157,7 @@ def models(lang: str, v: ModelsView) -> str:
         if tr.get("last_decision"):
             lines.append(_row(t(lang, "models.privacy_last"), escape("; ".join(tr["last_decision"]["reasons"]))[:120]))
     lines.append(f"[b]{t(lang, 'models.history')}[/b]")
-    lines += [f"  {when(h.activated_at)[5:16]} {escape(h.version):<8} {escape(h.activated_by)[:10]:<10} [dim]{escape(h.reason)}[/dim]" for h in v.history] or ["  -"]
+    lines += [f"  {when(h.activated_at, tz)[5:16]} {escape(h.version):<8} {escape(h.activated_by)[:10]:<10} [dim]{escape(h.reason)}[/dim]" for h in v.history] or ["  -"]
     return "\n".join(lines)
 
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edge_agent.cli import EXIT_FAILED, EXIT_OK, EXIT_REFUSED, add_json_flag, emit
+from edge_agent.clinic_time import local
 from edge_agent.errors import MammoError
 from edge_agent.ingest.records import QUARANTINED, IngestResult
 
@@ -170,15 +170,16 @@ def cmd_deid(args: argparse.Namespace) -> int:
     return EXIT_REFUSED if written < len(rows) else EXIT_OK
 
 
-def _when(ts: float) -> str:
-    return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M")
+def _when(ts: float, tz: str) -> str:
+    """In the clinic's zone (settings.timezone): the technician compares it with the clinic's clock, not the box's UTC."""
+    return local(ts, tz).strftime("%Y-%m-%d %H:%M")
 
 
 def cmd_quarantine_list(args: argparse.Namespace) -> int:
     box, service = _service(args)
     try:
         entries = service.quarantine.entries(status=None if args.all else "held")
-        text = "\n".join(f"#{e.id:<5} {_when(e.received_at)}  {e.status:<8} {e.reason_code:<28} {e.source:<14} {e.size} bytes" for e in entries) or "quarantine is empty"
+        text = "\n".join(f"#{e.id:<5} {_when(e.received_at, box.settings.timezone)}  {e.status:<8} {e.reason_code:<28} {e.source:<14} {e.size} bytes" for e in entries) or "quarantine is empty"
         emit(args, {"entries": [e.to_json() for e in entries], "count": len(entries)}, text)
         return EXIT_OK
     finally:
@@ -208,7 +209,7 @@ def cmd_quarantine_show(args: argparse.Namespace) -> int:
                 except Exception as exc:
                     header = {"unreadable": type(exc).__name__}
         payload = e.to_json() | {"header": header}
-        text = "\n".join([f"#{e.id} {e.status} since {_when(e.received_at)} from {e.source}, {e.size} bytes",
+        text = "\n".join([f"#{e.id} {e.status} since {_when(e.received_at, box.settings.timezone)} from {e.source}, {e.size} bytes",
                           f"reason: {e.reason_code}: {e.reason}"] + [f"fix: {f.message}" for f in e.fixes] + [f"{k}: {v}" for k, v in header.items()])
         emit(args, payload, text)
         return EXIT_OK

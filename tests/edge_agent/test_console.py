@@ -272,3 +272,17 @@ async def test_sync_screen_shows_what_waits_and_when_the_box_last_synced(box: Bo
         assert (box.settings.home / "sync" / "now").exists()
         assert "reconnects now" in screen_text(app)
         assert box.db.execute("SELECT count(*) FROM audit_log WHERE action = 'sync_now_requested'").fetchone()[0] == 1
+
+
+async def test_times_on_the_console_are_the_clinic_s_not_the_box_clock_s(box: Box):
+    import datetime as dt
+    from zoneinfo import ZoneInfo
+
+    act = data.activate(box, str(SHIPPED_DIR / "0.1.0"))
+    app = Console(box, "en")
+    async with app.run_test(size=SIZE) as pilot:
+        text = await show(app, pilot, "7")
+    clinic = dt.datetime.fromtimestamp(act.activated_at, ZoneInfo(box.settings.timezone)).strftime("%m-%d %H:%M")
+    machine = dt.datetime.fromtimestamp(act.activated_at).strftime("%m-%d %H:%M")
+    assert box.settings.timezone == "Europe/Istanbul" and clinic in text
+    assert machine == clinic or machine not in text  # where the machine's zone differs (CI runs on UTC), its time is not shown

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from litestar.testing import TestClient
 
+from edge_agent.clinic_time import fmt_bytes, fmt_time
 from kiosk_ui import synthetic
 from kiosk_ui.app import create_app
-from kiosk_ui.clinic_time import fmt_bytes, fmt_time
 
 from .conftest import Kiosk, csrf_of, make_kiosk, message_of, sign_in
 

@@ -13,12 +13,12 @@ import pytest
 from argon2 import PasswordHasher
 from litestar.testing import TestClient
 
+from edge_agent.clinic_time import local
 from edge_agent.errors import AuthError
 from edge_agent.ingest import mg
 from kiosk_ui import signin
 from kiosk_ui.app import create_app
 from kiosk_ui.auth import Passwords
-from kiosk_ui.clinic_time import local
 from kiosk_ui.services import KioskServices
 
 from .conftest import PASSWORDS, Kiosk, make_kiosk, message_of, sign_in

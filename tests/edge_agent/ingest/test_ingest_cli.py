@@ -94,3 +94,26 @@ def test_missing_path_is_reported_and_the_rest_still_ingested(home, tmp_path, ca
     code, payload, _ = _run(capsys, "ingest", str(tmp_path / "missing.dcm"), str(good), "--json")
     assert code == 1
     assert payload["counts"]["accepted"] == 1 and payload["errors"][0]["label"].endswith("missing.dcm")
+
+
+@pytest.mark.parametrize("zone", ["Europe/Istanbul", "Asia/Tokyo"])
+def test_quarantine_times_are_printed_in_the_clinic_zone_not_the_box_clock_zone(home, tmp_path, capsys, monkeypatch, zone):
+    import datetime as dt
+    import time
+    from zoneinfo import ZoneInfo
+
+    monkeypatch.setenv("TZ", "UTC")  # the box's clock, as shipped
+    time.tzset()
+    monkeypatch.setenv("MAMMO_TIMEZONE", zone)
+    try:
+        (tmp_path / "bad.dcm").write_bytes(b"not a DICOM file")
+        _run(capsys, "ingest", str(tmp_path / "bad.dcm"), "--json")
+        _, listing, _ = _run(capsys, "quarantine", "list", "--json")
+        received = listing["entries"][0]["received_at"]
+        main(["quarantine", "list"])
+        text = capsys.readouterr().out
+        assert dt.datetime.fromtimestamp(received, ZoneInfo(zone)).strftime("%Y-%m-%d %H:%M") in text
+        assert dt.datetime.fromtimestamp(received, dt.UTC).strftime("%Y-%m-%d %H:%M") not in text  # UTC is 3 h (or 9 h) away
+    finally:
+        monkeypatch.undo()
+        time.tzset()

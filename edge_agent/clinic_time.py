@@ -2,7 +2,9 @@
 
 The box's clock is often on UTC, three hours behind Türkiye; a doctor reading
 "10:12" for a study that arrived at 13:12 would doubt every other time on
-the screen. Every time the kiosk shows or prints goes through here.
+the screen. Every time the kiosk, the technician's console and the
+``mammo`` commands show or print goes through here (JSON keeps epoch
+seconds or ISO times with their offset).
 """
 
 from __future__ import annotations
