@@ -42,7 +42,7 @@ import numpy as np
 
 from models.data import Record, woman_folds
 from models.errors import DatasetError
-from models.evaluation import bootstrap_ci, roc_auc
+from models.evaluation import bootstrap_ci, paired_auc_difference_ci, roc_auc
 
 __all__ = [
     "Women",
@@ -143,15 +143,8 @@ def paired_auc_difference(rows_a: Sequence[dict], rows_b: Sequence[dict], beta: 
     wb, yb, sb = woman_scores(rows_b, beta)
     if wa != wb or not np.array_equal(ya, yb):
         raise ValueError("a paired difference needs the same women with the same labels in both arms")
-    point = roc_auc(yb, sb) - roc_auc(ya, sa)
-    rng = np.random.default_rng(seed)
-    boots = []
-    for _ in range(n_boot):
-        pick = rng.integers(0, len(wa), len(wa))
-        d = roc_auc(ya[pick], sb[pick]) - roc_auc(ya[pick], sa[pick])
-        if d == d:
-            boots.append(d)
-    ci = [float(np.quantile(boots, 0.025)), float(np.quantile(boots, 0.975))] if boots else [float("nan")] * 2
+    point, low, high = paired_auc_difference_ci(ya, sa, sb, n_boot=n_boot, seed=seed)  # one row per woman already
+    ci = [low, high]
     return {"difference": float(point), "ci95": ci, "n_women": len(wa)}
 
 

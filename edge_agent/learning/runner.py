@@ -59,6 +59,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from edge_agent.ingest.image_store import ImageStore
+    from edge_agent.learning.gate import GateResult
     from models.dp import StudySet
     from models.release_files import Release
     from provisioning.keystore import Keystore
@@ -66,6 +67,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 LOCK_FILE = "runner.lock"
+Judge = Callable[..., "GateResult"]  # gate.judge's signature: (labels, active, adapted, margin, min_cases, women=...) -> GateResult
 WAIT_POLL_S = 0.5
 MAX_PAUSE_WAIT_S = 1800.0  # a forced (technician's) round waits at most this long for screening to finish
 
@@ -208,8 +210,10 @@ def box_state(db: sqlite_utils.Database, settings: Settings, version: str, now: 
 
 
 def _features(net: nn.Module, db: sqlite_utils.Database, store: ImageStore, labelled: list[tuple[str, int]], size: int,
-              should_stop: Callable[[], bool]) -> StudySet | None:
-    """Frozen features of the labelled studies (studies without a readable view left out); None if stopped."""
+              should_stop: Callable[[], bool], order: list[str] | None = None) -> StudySet | None:
+    """Frozen features of the labelled studies (studies without a readable view left out); None if stopped.
+
+    ``order``, when given, receives the study UIDs in the set's order (the gate resamples the held-back women by them)."""
     from models.dp import StudySet
     from models.trainable import frozen_features
 
@@ -217,6 +221,8 @@ def _features(net: nn.Module, db: sqlite_utils.Database, store: ImageStore, labe
     if loaded is None:
         return None
     label = dict(labelled)
+    if order is not None:
+        order[:] = [s.study_uid for s in loaded]
     studies = [(frozen_features(net, s.images).numpy(), s.views, label[s.study_uid]) for s in loaded]
     if not studies:
         return StudySet(np.zeros((0, 1, 1, 1, 1), np.float32), np.zeros((0, 1), bool), np.zeros((0, 1), np.int64), np.zeros(0, np.float32))
@@ -275,8 +281,11 @@ class RunnerLock:
 
 
 def run(settings: Settings, *, force_window: bool = False, seed: int | None = None, stop: threading.Event | None = None,
-        wait_when_paused: bool = True, sink: sinks.UpdateSink | None = None) -> RunOutcome:
-    """One run: a new or resumed round, as far as the policy and screening allow (see the module docstring)."""
+        wait_when_paused: bool = True, sink: sinks.UpdateSink | None = None, judge: Judge | None = None) -> RunOutcome:
+    """One run: a new or resumed round, as far as the policy and screening allow (see the module docstring).
+
+    ``sink`` and ``judge`` replace the settings' update sink and the gate's rule (``gate.judge``): tools and tests that
+    need a known verdict pass their own, as they pass their own sink."""
     lock = RunnerLock(settings)
     if not lock.acquire():
         return RunOutcome("busy", ("another training process holds the runner lock",))
@@ -288,7 +297,7 @@ def run(settings: Settings, *, force_window: bool = False, seed: int | None = No
         keystore = functools.cache(lambda: open_keystore(settings, interactive=False))  # unlocked only when a round needs it
         try:
             return _run(db, settings, keystore, force_window=force_window, seed=seed,
-                        stop=stop or threading.Event(), wait_when_paused=wait_when_paused, sink=sink)
+                        stop=stop or threading.Event(), wait_when_paused=wait_when_paused, sink=sink, judge=judge)
         finally:
             db.conn.close()
     finally:
@@ -296,7 +305,7 @@ def run(settings: Settings, *, force_window: bool = False, seed: int | None = No
 
 
 def _run(db: sqlite_utils.Database, settings: Settings, keystore: Callable[[], Keystore], *, force_window: bool, seed: int | None,
-         stop: threading.Event, wait_when_paused: bool, sink: sinks.UpdateSink | None) -> RunOutcome:
+         stop: threading.Event, wait_when_paused: bool, sink: sinks.UpdateSink | None, judge: Judge | None) -> RunOutcome:
     import torch
 
     from edge_agent.ingest.image_store import ImageStore
@@ -341,11 +350,13 @@ def _run(db: sqlite_utils.Database, settings: Settings, keystore: Callable[[], K
     t = time.perf_counter()
     labelled = ledger.round_studies(db, rnd.round_id)
     _, hold = examples.split(examples.examples(db), settings.train_holdout_fraction)
+    woman_of = {e.study_uid: e.woman for e in hold}
     data = held = None
     pauses = 0
     while data is None or held is None:  # reading the images yields to screening too
         data = _features(model.net, db, store, labelled, size, stopper)
-        held = _features(model.net, db, store, [(e.study_uid, e.label) for e in hold], size, stopper) if data is not None else None
+        held_uids: list[str] = []
+        held = _features(model.net, db, store, [(e.study_uid, e.label) for e in hold], size, stopper, held_uids) if data is not None else None
         if data is None or held is None:
             pauses += 1
             if not (wait_when_paused and stopper.reason == "screening" and _wait_idle(db, settings, stop, force_window)):
@@ -402,8 +413,9 @@ def _run(db: sqlite_utils.Database, settings: Settings, keystore: Callable[[], K
 
     current = TrainablePart.from_model(serving.net)  # the model screening now: the base, or an earlier adaptation of it
     pts = model.release.operating_points
-    verdict = gate.judge(held.labels, gate.scores(current, held, pts.beta, pts.fallback_p_other),
-                         gate.scores(part, held, pts.beta, pts.fallback_p_other), settings.train_gate_margin, settings.train_gate_min_cases)
+    verdict = (judge or gate.judge)(held.labels, gate.scores(current, held, pts.beta, pts.fallback_p_other),
+                         gate.scores(part, held, pts.beta, pts.fallback_p_other), settings.train_gate_margin, settings.train_gate_min_cases,
+                         women=[woman_of[u] for u in held_uids])
     served = None
     if verdict.decision == "serve":
         t = time.perf_counter()

@@ -32,10 +32,11 @@ from .conftest import ROUND, SEED
 
 
 def approved() -> gate.GateResult:
-    """The real gate's rule on held-back scores where the adapted model ranks every woman better."""
-    labels = np.array([0, 0, 0, 1, 1, 1])
-    verdict = gate.judge(labels, np.array([0.5, 0.2, 0.7, 0.3, 0.6, 0.4]), np.array([0.1, 0.2, 0.3, 0.6, 0.7, 0.8]), margin=0.02, min_cases=3)
-    assert verdict.decision == "serve"
+    """The real gate's rule on 40 held-back women where the adapted model ranks abnormal studies far better."""
+    labels = np.array([0, 1] * 20)
+    rng = np.random.default_rng(0)
+    verdict = gate.judge(labels, rng.normal(size=40) + 0.2 * labels, rng.normal(size=40) + 3.0 * labels, margin=0.02, min_cases=5)
+    assert verdict.decision == "serve", verdict.reason
     return verdict
 
 
@@ -174,6 +175,47 @@ def test_the_runner_serves_what_the_gate_approves_and_only_that(reference_round)
     else:
         assert out.served is None and out.gate["weights_path"] is None and active.version == "0.1.0"
         assert not any(settings.models_dir.glob("*local*"))
+
+
+def test_a_round_whose_gate_approves_ends_with_the_box_screening_with_its_adaptation(clinic):
+    """The runner end to end with a known verdict (the rule itself: test_gate.py): the round's own change is built, signed,
+    activated and recorded, and the update still goes out on the base."""
+    def approve(labels, active, adapted, margin, min_cases, women=None):
+        return gate.GateResult("serve", 0.6, 0.8, len(labels), int(np.sum(labels)), "test verdict: approve", (0.1, 0.3))
+
+    placed: list = []
+    out = runner.run(clinic.settings(**ROUND), seed=SEED, judge=approve, sink=lambda db, home, update: placed.append(update) or update.update_id)
+    assert out.status == "done" and out.gate_compared_with == "0.1.0", out
+    assert out.served == {"version": f"0.1.0+local.{out.round_id[:8]}", "path": out.gate["weights_path"], "activated": True, "reason": "activated"}
+    assert any("adapted model" in r for r in out.reasons) and placed[0].base_model_version == "0.1.0"
+    settings = clinic.settings()
+    box = open_box(settings, interactive=False)
+    try:
+        registry = ModelRegistry(box.db, settings, keystore=box.keystore)
+        act = registry.active()
+        assert act.version == out.served["version"] and act.activated_by == "learning" and "test verdict: approve" in act.reason
+        info = registry.verify(act.path)[0].info["local"]
+        assert info["round_id"] == out.round_id and info["epsilon"] == pytest.approx(out.epsilon_round) and info["examples"] == out.examples
+        rounds = ledger.rounds(box.db)
+        assert [(r.state, r.base_model_version) for r in rounds] == [("done", "0.1.0")] and "activated" in rounds[0].detail
+    finally:
+        box.close()
+
+
+def test_with_serving_off_an_approved_adaptation_is_built_but_not_activated(clinic):
+    def approve(labels, active, adapted, margin, min_cases, women=None):
+        return gate.GateResult("serve", 0.6, 0.8, len(labels), int(np.sum(labels)), "test verdict: approve", (0.1, 0.3))
+
+    out = runner.run(clinic.settings(MAMMO_TRAIN_SERVE_LOCAL="false", **ROUND), seed=SEED, judge=approve, sink=lambda db, home, u: u.update_id)
+    assert out.served["activated"] is False and "train_serve_local is off" in out.served["reason"]
+    settings = clinic.settings()
+    box = open_box(settings, interactive=False)
+    try:
+        registry = ModelRegistry(box.db, settings, keystore=box.keystore)
+        assert registry.active().version == "0.1.0"
+        assert [r.source for r in registry.releases() if r.version == out.served["version"]] == ["local"]
+    finally:
+        box.close()
 
 
 def test_while_an_adaptation_serves_the_next_round_trains_from_its_base_and_is_judged_against_it(served_clinic, tmp_path):
