@@ -336,6 +336,11 @@ KIOSK = [
     CREATE INDEX kiosk_radiology_reports_due ON kiosk_radiology_reports (follow_up_due);
     CREATE INDEX ingest_studies_pseudonym ON ingest_studies (pseudonym, first_seen);
     """,
+    # 6: the worklist's first rank, incomplete studies, starts from the few incomplete results instead of walking every
+    #    study in the window to find them (on a box with 10,000 recent studies, 15 ms of every worklist page for no row).
+    """
+    CREATE INDEX infer_results_incomplete ON infer_results (status) WHERE status = 'incomplete';
+    """,
 ]
 
 AUDIT = [

@@ -60,6 +60,15 @@ def workflow_of(db: sqlite_utils.Database, study_uid: str) -> str:
     return row[0] if row else "new"
 
 
+def workflows_of(db: sqlite_utils.Database, study_uids: Sequence[str]) -> dict[str, str]:
+    """The workflow state of each of these studies, in one query (the worklist asks for the rows it shows)."""
+    if not study_uids:
+        return {}
+    return {r[0]: r[1] for r in db.execute(
+        f"SELECT s.study_uid, {WORKFLOW_SQL} FROM ingest_studies s LEFT JOIN kiosk_workflow w ON w.study_uid = s.study_uid"
+        f" WHERE s.study_uid IN ({','.join('?' * len(study_uids))})", list(study_uids))}
+
+
 def reports_of(db: sqlite_utils.Database, study_uid: str) -> tuple[RadiologyReport, ...]:
     return tuple(_report(r) for r in db.execute(
         f"SELECT {_REPORT_COLUMNS} FROM kiosk_radiology_reports r LEFT JOIN kiosk_users u ON u.username = r.entered_by"

@@ -129,6 +129,7 @@ class KioskServices:
         self.source_rate = throttle.RatePolicy(settings.kiosk_signin_source_burst, settings.kiosk_signin_source_refill_s)
         self.account_rate = throttle.RatePolicy(settings.kiosk_signin_account_burst, settings.kiosk_signin_account_refill_s)
         self._identities: dict[str, Identity] = {}
+        self._folded: dict[str, str] = {}  # pseudonym -> its identity folded for search (see _haystack)
         self._png = _Lru(256)
         self._models: dict[tuple[str, str, float], model_info.ModelInfo] = {}
         self.shipped_models = SHIPPED_DIR
@@ -337,7 +338,9 @@ class KioskServices:
         newest first within each; at most kiosk_worklist_limit rows.
 
         One query per rank, each walking an index in arrival order, so the page costs what it shows rather than
-        what the database holds (a single ORDER BY over a computed rank sorts every study in the window).
+        what the database holds (a single ORDER BY over a computed rank sorts every study in the window). The
+        workflow state (two lookups per study) is read afterwards for the rows shown only, unless the page filters on
+        it: inside a rank query it was computed for every study the rank sorts or a search reads.
         """
         query = query or WorklistQuery()
         days = self.settings.kiosk_worklist_days if query.days is None else query.days
@@ -363,10 +366,11 @@ class KioskServices:
         for rank_sql, rank_params in ranks:
             if len(out) >= limit:
                 break
-            sql = (f"SELECT s.study_uid, s.pseudonym, s.first_seen, {_STATUS_SQL}, r.triage, r.study_score, r.reasons, {WORKFLOW_SQL}"
+            sql = (f"SELECT s.study_uid, s.pseudonym, s.first_seen, {_STATUS_SQL}, r.triage, r.study_score, r.reasons"
                    " FROM ingest_studies s LEFT JOIN infer_results r ON r.study_uid = s.study_uid"
-                   " LEFT JOIN jobs j ON j.id = s.infer_job_id LEFT JOIN kiosk_workflow w ON w.study_uid = s.study_uid"
-                   " WHERE " + " AND ".join([rank_sql, *where])
+                   " LEFT JOIN jobs j ON j.id = s.infer_job_id"
+                   + (" LEFT JOIN kiosk_workflow w ON w.study_uid = s.study_uid" if query.flow in WORKFLOW_STATES else "")
+                   + " WHERE " + " AND ".join([rank_sql, *where])
                    + " ORDER BY s.first_seen DESC")
             args = [*rank_params, *params]
             if not needle:
@@ -374,16 +378,28 @@ class KioskServices:
                 args.append(limit - len(out))
             for r in self.db.execute(sql, args):
                 ident = self.identity(r[1])
-                if needle and not _matches(needle, ident, r[0], r[1]):
+                if needle and not _matches(needle, self._haystack(r[1], ident), r[0]):
                     continue
                 problems = study_problems(r[3], [str(x) for x in _json(r[6], [])], self._present(r[0])) if r[3] == "incomplete" else ()
-                out.append(WorklistRow(r[0], r[1], ident, r[2], r[3], r[4], r[5], 0, problems, r[7]))
+                out.append(WorklistRow(r[0], r[1], ident, r[2], r[3], r[4], r[5], 0, problems))
                 if len(out) >= limit:
                     break
+        if not out:
+            return out
+        uids = [row.study_uid for row in out]
         counts = dict(self.db.execute(
-            f"SELECT study_uid, count(*) FROM ingest_instances WHERE study_uid IN ({','.join('?' * len(out))}) GROUP BY study_uid",
-            [row.study_uid for row in out]).fetchall()) if out else {}
-        return [replace(row, image_count=counts.get(row.study_uid, 0)) for row in out]
+            f"SELECT study_uid, count(*) FROM ingest_instances WHERE study_uid IN ({','.join('?' * len(uids))}) GROUP BY study_uid",
+            uids).fetchall())
+        flows = clinic_loop.workflows_of(self.db, uids)
+        return [replace(row, image_count=counts.get(row.study_uid, 0), workflow=flows.get(row.study_uid, "new")) for row in out]
+
+    def _haystack(self, pseudonym: str, ident: Identity) -> str:
+        """What a search looks through for a woman, folded once per pseudonym (a search reads every study; folding the
+        same name again for each was most of its time)."""
+        hay = self._folded.get(pseudonym)
+        if hay is None:
+            hay = self._folded[pseudonym] = _fold_identity(ident, pseudonym)
+        return hay
 
     def next_unseen(self) -> str | None:
         """The study a doctor should open next: the first one nobody has opened yet, in worklist order, with something
@@ -605,8 +621,12 @@ class KioskServices:
         return (folder_of(self.settings) / KIT_FILE).exists()
 
 
-def _matches(needle: str, ident: Identity, study_uid: str, pseudonym: str) -> bool:
-    hay = " ".join([search_fold(ident.name.replace("^", " ")), search_fold(ident.patient_id), search_fold(pseudonym), study_uid])
+def _fold_identity(ident: Identity, pseudonym: str) -> str:
+    return " ".join([search_fold(ident.name.replace("^", " ")), search_fold(ident.patient_id), search_fold(pseudonym)])
+
+
+def _matches(needle: str, folded_identity: str, study_uid: str) -> bool:
+    hay = f"{folded_identity} {study_uid}"
     return all(part in hay for part in needle.split())
 
 
