@@ -142,7 +142,7 @@ def test_a_clinic_box_with_a_tpm_starts_unattended_and_recovers_with_its_passphr
     assert st["protectors"][0] == "TPM 2.0" and st["protectors"][1].startswith("passphrase") and st["passphrase_file"] is False
     view = data.keys(unattended)
     assert not view.demo and view.protectors[0] == "TPM 2.0"
-    assert "Unlocked by" in views.keys("en", view) and "TPM 2.0, passphrase" in views.keys("en", view)
+    assert "Unlocked by" in views.keys("en", view, "Europe/Istanbul") and "TPM 2.0, passphrase" in views.keys("en", view, "Europe/Istanbul")
     assert not (tmp_path / "box" / "secrets").exists()
 
     replaced = Settings.load(env={**env, "MAMMO_KEYSTORE_TPM": start_tpm()})  # a new mainboard

@@ -49,6 +49,6 @@ def test_status_then_a_round_then_status_again(clinic):
         view = data.models(box)
     finally:
         box.close()
-    text = views.models("en", view)
+    text = views.models("en", view, "Europe/Istanbul")
     assert f"{after['epsilon_spent']:.2f} spent of 1.00" in text and "1 local training round" in text
     assert "Training decision" in text
