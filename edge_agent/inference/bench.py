@@ -108,7 +108,10 @@ class ApplianceMemory:
         pids = self._pids()
         total = _rss_kb("self")
         for pid in pids:
-            total += _rss_kb(pid)
+            rss = _rss_kb(pid)
+            total += rss
+            # a worker may exit between two readings of its VmHWM: what was sampled of it counts toward its peak too
+            self._worker_hwm[pid] = max(self._worker_hwm.get(pid, 0), rss)
         if total > self.peak_sum_kb:
             self.peak_sum_kb, self.peak_at_processes = total, 1 + len(pids)
         return pids
