@@ -8,7 +8,6 @@ kiosk answers at the printed address, and SIGTERM stops it all cleanly.
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,20 +17,15 @@ import httpx
 import pytest
 
 from edge_agent.store import open_database
+from kiosk_ui.server import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_demo_box_comes_up_triages_its_studies_serves_the_kiosk_and_stops_on_sigterm(tmp_path):
-    env = {**os.environ, "MAMMO_HOME": str(tmp_path), "MAMMO_KIOSK_PORT": str(_free_port()),
-           "MAMMO_DICOM_HOST": "127.0.0.1", "MAMMO_DICOM_PORT": str(_free_port())}
+    env = {**os.environ, "MAMMO_HOME": str(tmp_path), "MAMMO_KIOSK_PORT": str(free_port()),
+           "MAMMO_DICOM_HOST": "127.0.0.1", "MAMMO_DICOM_PORT": str(free_port())}
     cmd = [sys.executable, "-m", "edge_agent.cli"]
     demo = subprocess.run([*cmd, "kiosk", "demo", "--studies", "2"], env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert demo.returncode == 0, demo.stderr

@@ -11,7 +11,6 @@ workers, SQLite; no test sink and no test rule.
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,24 +22,19 @@ from edge_agent.inference import realsize
 from edge_agent.ingest import mg
 from edge_agent.learning import ledger
 from edge_agent.store import open_database
+from kiosk_ui.server import free_port
 
 REPO = Path(__file__).resolve().parents[3]
 N_ARRIVING = 2
 DEADLINE_S = 300  # a busy 2-core machine; the test asserts the order of events, never their speed
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_a_running_box_trains_when_idle_yields_to_a_new_study_resumes_and_places_its_update(clinic):
     env = clinic.process_env(
         MAMMO_TRAIN_UPDATE_SINK="sync.outbox:place_update", MAMMO_TRAIN_STEPS="500", MAMMO_TRAIN_CHECK_INTERVAL_S="1", MAMMO_TRAIN_RESUME_IDLE_S="3",
-        MAMMO_INGEST_DROP_POLL_S="0.3", MAMMO_KIOSK_PORT=str(_free_port()), MAMMO_DICOM_HOST="127.0.0.1",
-        MAMMO_DICOM_PORT=str(_free_port()), MAMMO_METRICS_PORT="0")
+        MAMMO_INGEST_DROP_POLL_S="0.3", MAMMO_KIOSK_PORT=str(free_port()), MAMMO_DICOM_HOST="127.0.0.1",
+        MAMMO_DICOM_PORT=str(free_port()), MAMMO_METRICS_PORT="0")
     proc = subprocess.Popen([sys.executable, "-m", "edge_agent.cli", "up"], env=env, cwd=REPO, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     db = None
